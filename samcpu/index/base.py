@@ -1,0 +1,79 @@
+"""The index interface and the written-row set every index relies on.
+
+An index answers the read of DESIGN.md section 1 step 4: for each query, the K rows of
+largest cosine similarity over all N rows, ties to the lower row. It sees the memory array
+itself (B, N, W) and the :class:`WrittenRows` of the memory; rows outside that set are zero
+and take part as similarity-0 candidates.
+"""
+import abc
+
+import numpy as np
+
+from .._storage import lazy_zeros
+from ..kernels import rowset_add, rowset_truncate
+
+
+class WrittenRows:
+    """Per batch element, the rows that may be non-zero (written since the last reset).
+
+    flags (B, N) uint8 lazily mapped; members (B, cap) int64 in insertion order;
+    counts (B,) int64; hints (B, 1) int64. Only grows between resets, so rewinding
+    truncates it to an earlier count.
+    """
+
+    def __init__(self, batch_size, num_slots):
+        self.flags = lazy_zeros((batch_size, num_slots), np.uint8)
+        self.members = np.zeros((batch_size, 64), np.int64)
+        self.counts = np.zeros(batch_size, np.int64)
+        self.hints = np.zeros((batch_size, 1), np.int64)
+
+    def add(self, rows, counts):
+        """Add ``rows[b, :counts[b]]`` (B, R) to the set of each batch element."""
+        need = int((self.counts + counts).max())
+        if need > self.members.shape[1]:
+            grown = np.zeros((self.members.shape[0], max(need, 2 * self.members.shape[1])), np.int64)
+            grown[:, : self.members.shape[1]] = self.members
+            self.members = grown
+        for b in range(len(self.counts)):
+            self.counts[b] = rowset_add(self.flags[b], self.members[b], self.counts[b], rows[b], counts[b])
+
+    def truncate(self, counts):
+        """Forget the members added after the first ``counts[b]`` (B,)."""
+        for b in range(len(self.counts)):
+            self.counts[b] = rowset_truncate(self.flags[b], self.members[b], self.counts[b], counts[b], self.hints[b])
+
+    def rows(self, b):
+        """The members of batch element ``b`` (a copy), in insertion order."""
+        return self.members[b, : self.counts[b]].copy()
+
+    def __len__(self):
+        return int(self.counts.sum())
+
+
+class Index(abc.ABC):
+    """What :class:`samcpu.SparseMemory` needs of an index over its rows.
+
+    ``memory`` (B, N, W) is the live memory array and ``written`` its :class:`WrittenRows`.
+    """
+
+    def __init__(self, memory, written):
+        self.memory = memory
+        self.written = written
+
+    @abc.abstractmethod
+    def update(self, rows, counts):
+        """Rows ``rows[b, :counts[b]]`` (B, R) int64 changed content (written, erased,
+        rewound or replayed); their new contents are in ``memory``."""
+
+    @abc.abstractmethod
+    def query(self, queries, k):
+        """Top-k rows for queries (B, H, W): rows (B, H, k) int64, sims (B, H, k) float64,
+        ordered by (-similarity, row)."""
+
+    @abc.abstractmethod
+    def reset(self):
+        """Forget every row (the memory has been zeroed)."""
+
+    def __len__(self):
+        """Rows held, summed over the batch."""
+        return len(self.written)

@@ -1,0 +1,321 @@
+"""SparseMemory: the NumPy-level Sparse Access Memory (DESIGN.md sections 1 and 4).
+
+It owns, per batch element, the memory M (N, W), the least-recently-accessed ring, the set
+of written rows and the index, plus one journal of sparse writes for the whole batch. Every
+public method validates its input before it changes anything.
+"""
+import hashlib
+import json
+import os
+import tempfile
+from typing import NamedTuple
+
+import numpy as np
+
+from . import kernels as K
+from ._storage import file_zeros, lazy_zeros
+from .config import DELTA, EPS
+from .index import INDEXES, WrittenRows
+from .journal import Journal
+
+FORMAT_VERSION = 1
+
+
+class MemoryFileError(ValueError):
+    """A saved memory is missing, incomplete or corrupt."""
+
+
+class StepResult(NamedTuple):
+    """What one step read, per batch element and head."""
+
+    reads: np.ndarray  #: r (B, H, W)
+    rows: np.ndarray  #: s (B, H, K) int64, ordered by (-similarity, row)
+    weights: np.ndarray  #: w (B, H, K), softmax over the K rows
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class SparseMemory:
+    """A batch of sparse access memories of ``num_slots`` rows of ``word_size`` values.
+
+    Parameters
+    ----------
+    batch_size, num_slots, word_size : int
+        B, N, W.
+    num_heads : int
+        H read/write heads; each step writes to H least-recently-accessed rows.
+    k : int
+        K rows read per head.
+    index : {"exact", "hnsw"}
+        How reads find their K rows. ``"exact"`` scans the written rows (the oracle).
+    dtype : np.float32 or np.float64
+    path : str or None
+        A new file to hold the memory (a sparse file: it can be larger than RAM). None: an
+        anonymous mapping. Either way untouched rows cost no physical memory.
+    delta : float
+        Usage threshold delta of DESIGN.md section 1 step 5.
+    seed : int
+        Seed for the index's randomness (HNSW level generation).
+    """
+
+    def __init__(self, batch_size, num_slots, word_size, num_heads=1, k=8, index="exact",
+                 dtype=np.float32, path=None, delta=DELTA, seed=0):
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.num_slots = _positive_int("num_slots", num_slots)
+        self.word_size = _positive_int("word_size", word_size)
+        self.num_heads = _positive_int("num_heads", num_heads)
+        self.k = _positive_int("k", k)
+        if self.k > self.num_slots:
+            raise ValueError(f"k is {self.k} but must be <= num_slots ({self.num_slots})")
+        if self.num_heads > self.num_slots:
+            raise ValueError(f"num_heads is {self.num_heads} but must be <= num_slots ({self.num_slots})")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {sorted(INDEXES)}, got {index!r}")
+        if not (isinstance(delta, (int, float, np.floating)) and np.isfinite(delta) and delta >= 0):
+            raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+        self.index_kind = index
+        self.delta = float(delta)
+        self.seed = _positive_int("seed", seed, minimum=0)
+        self.path = None if path is None else os.fspath(path)
+        if self.path is not None and os.path.exists(self.path):
+            raise ValueError(f"path {self.path!r} already exists; give a new file name "
+                             "(use SparseMemory.load to reopen a saved memory)")
+
+        b, n, w, h = self.batch_size, self.num_slots, self.word_size, self.num_heads
+        shape = (b, n, w)
+        self._memory = lazy_zeros(shape, self.dtype) if self.path is None else file_zeros(self.path, shape, self.dtype)
+        self._usage = lazy_zeros((b, n), np.int64)
+        self._prev = lazy_zeros((b, n), np.int64)
+        self._next = lazy_zeros((b, n), np.int64)
+        self._ends = np.zeros((b, 4), np.int64)
+        self._written = WrittenRows(b, n)
+        self._index = INDEXES[index](self._memory, self._written)
+        self._journal = Journal(b, h, self.k, w, self.dtype)
+        self._position = 0
+        self._prev_rows = np.full((b, h, self.k), -1, np.int64)
+        self._prev_weights = np.zeros((b, h, self.k), self.dtype)
+        self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def position(self):
+        """Number of steps applied (since creation or the last :meth:`reset`)."""
+        return self._position
+
+    @property
+    def latest(self):
+        """The latest step reachable by :meth:`replay`."""
+        return self._journal.latest
+
+    @property
+    def earliest(self):
+        """The earliest position :meth:`rewind` can reach (journal start)."""
+        return self._journal.base
+
+    @property
+    def memory(self):
+        """M (B, N, W): a read-only view of the current contents."""
+        view = self._memory.view(np.ndarray)
+        view.flags.writeable = False
+        return view
+
+    @property
+    def usage(self):
+        """u (B, N) int64: step of last access, 0 for never (read-only view)."""
+        view = self._usage.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def index(self):
+        return self._index
+
+    @property
+    def journal_nbytes(self):
+        """Bytes held by the journal."""
+        return self._journal.nbytes
+
+    def written_rows(self, b):
+        """Rows of batch element ``b`` written since the last reset (int64, a copy)."""
+        return self._written.rows(b)
+
+    def lra_rows(self):
+        """The rows the next step will erase and write, I^U (B, H) int64."""
+        out = np.empty((self.batch_size, self.num_heads), np.int64)
+        for b in range(self.batch_size):
+            K.lra_rows(self._usage[b], self._next[b], self._ends[b].copy(), self.num_heads, out[b])
+        return out
+
+    # ------------------------------------------------------------------ stepping
+    def _check(self, name, value, shape, what):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+            raise ValueError(f"{name} has dtype {arr.dtype} but a real floating array is expected")
+        if arr.shape != shape:
+            raise ValueError(f"{name} has shape {arr.shape} but expected {shape} {what}")
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or Inf (in {self.dtype})")
+        return arr
+
+    def step(self, query, strength, add, write_gate, interp_gate):
+        """Apply one step (write, then read, then usage) to every batch element.
+
+        Parameters
+        ----------
+        query : (B, H, W)  q, the read keys
+        strength : (B, H)  beta > 0
+        add : (B, H, W)    a, the add vectors
+        write_gate : (B, H)  alpha in [0, 1]
+        interp_gate : (B, H) gamma in [0, 1]: previously read rows (1) or the LRA row (0)
+
+        Returns
+        -------
+        StepResult(reads (B, H, W), rows (B, H, K) int64, weights (B, H, K))
+        """
+        b, h, w = self.batch_size, self.num_heads, self.word_size
+        bhw, bh = (b, h, w), (b, h)
+        q = self._check("query", query, bhw, "(batch_size, num_heads, word_size)")
+        beta = self._check("strength", strength, bh, "(batch_size, num_heads)")
+        a = self._check("add", add, bhw, "(batch_size, num_heads, word_size)")
+        alpha = self._check("write_gate", write_gate, bh, "(batch_size, num_heads)")
+        gamma = self._check("interp_gate", interp_gate, bh, "(batch_size, num_heads)")
+        if not (beta > 0).all():
+            raise ValueError(f"strength must be > 0, got minimum {beta.min()}")
+        for name, g in (("write_gate", alpha), ("interp_gate", gamma)):
+            if not ((g >= 0) & (g <= 1)).all():
+                raise ValueError(f"{name} must lie in [0, 1], got values in [{g.min()}, {g.max()}]")
+
+        if self._position < self._journal.latest:
+            self._journal.truncate(self._position)  # a new future replaces the old one
+        t = self._position + 1
+        chunk, s = self._journal.append()
+        try:
+            chunk.wcount[s] = self._written.counts
+            lra = np.empty((b, h), np.int64)
+            K.write_phase(self._memory, self._usage, self._prev, self._next, self._ends,
+                          self._prev_rows, self._prev_weights, a, alpha, gamma, lra,
+                          chunk.jrows[s], chunk.jvals[s], chunk.jcount[s])
+            chunk.ucount[s] = 0
+            self._written.add(chunk.jrows[s], chunk.jcount[s])
+            self._index.update(chunk.jrows[s], chunk.jcount[s])
+            rows, _ = self._index.query(q, self.k)
+            weights = np.empty((b, h, self.k), self.dtype)
+            reads = np.empty((b, h, w), self.dtype)
+            sims = np.empty((b, h, self.k), np.float64)
+            K.read_phase(self._memory, rows, q, beta, EPS, weights, reads, sims)
+            K.usage_phase(self._usage, self._prev, self._next, self._ends, lra, self._prev_rows,
+                          self._prev_weights, alpha, gamma, rows, weights, self.delta, t,
+                          chunk.urec[s], chunk.ucount[s])
+        except BaseException:
+            self._undo_partial(chunk, s)
+            raise
+        chunk.rows[s] = rows
+        chunk.weights[s] = weights
+        self._prev_rows, self._prev_weights = rows, weights
+        self._position = t
+        return StepResult(reads, rows, weights)
+
+    def _undo_partial(self, chunk, s):
+        """Roll back a step interrupted after its journal slot was taken."""
+        K.undo_steps(self._memory, self._usage, self._prev, self._next, self._ends, chunk.jrows,
+                     chunk.jvals, chunk.jcount, chunk.urec, chunk.ucount, s, s + 1)
+        self._written.truncate(chunk.wcount[s])
+        self._index.update(chunk.jrows[s], chunk.jcount[s])
+        self._journal.truncate(self._position)
+
+    # ------------------------------------------------------------------ time travel
+    def _check_position(self, position):
+        if isinstance(position, (bool, np.bool_)) or not isinstance(position, (int, np.integer)):
+            raise ValueError(f"position must be an integer, got {position!r}")
+        lo, hi = self._journal.base, self._journal.latest
+        if not lo <= position <= hi:
+            raise ValueError(f"position must be in [{lo}, {hi}] (the journaled steps), got {position}")
+        return int(position)
+
+    def _arrays(self):
+        return self._memory, self._usage, self._prev, self._next, self._ends
+
+    def rewind(self, position):
+        """Bring memory, usage and reads back to exactly their state after ``position``
+        steps (bit for bit). Forward to a later journaled position replays instead.
+        Costs O(rows touched by the steps crossed)."""
+        position = self._check_position(position)
+        if position > self._position:
+            return self._redo(position)
+        for chunk, start, stop in reversed(self._journal.spans(position, self._position)):
+            K.undo_steps(*self._arrays(), chunk.jrows, chunk.jvals, chunk.jcount, chunk.urec,
+                         chunk.ucount, start, stop)
+            self._notify_index(chunk, start, stop)
+        if position < self._position:
+            chunk, s = self._journal.locate(position + 1)
+            self._written.truncate(chunk.wcount[s])
+        self._position = position
+        self._restore_reads()
+
+    def replay(self):
+        """Redo every journaled step after the current position (bit for bit)."""
+        self._redo(self._journal.latest)
+
+    def _redo(self, position):
+        first = self._position + 1
+        for chunk, start, stop in self._journal.spans(self._position, position):
+            K.redo_steps(*self._arrays(), chunk.jrows, chunk.jvals, chunk.jcount, chunk.urec,
+                         chunk.ucount, start, stop, first)
+            for s in range(start, stop):
+                self._written.add(chunk.jrows[s], chunk.jcount[s])
+            self._notify_index(chunk, start, stop)
+            first += stop - start
+        self._position = position
+        self._restore_reads()
+
+    def _notify_index(self, chunk, start, stop):
+        """Tell the index which rows changed content in journal slots start..stop-1."""
+        for s in range(start, stop):
+            self._index.update(chunk.jrows[s], chunk.jcount[s])
+
+    def _restore_reads(self):
+        if self._position == self._journal.base:
+            rows, weights = self._base_reads
+        else:
+            chunk, s = self._journal.locate(self._position)
+            rows, weights = chunk.rows[s], chunk.weights[s]
+        self._prev_rows, self._prev_weights = rows.copy(), weights.copy()
+
+    def clear_journal(self):
+        """Drop the journal (keep the contents): later rewinds stop at the current position.
+        Use it between truncated-BPTT segments to free the journal's memory."""
+        self._journal.truncate(self._position)
+        self._journal.clear(self._position)
+        self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
+
+    def reset(self):
+        """Empty the memory for a new episode: zero the written rows, forget usage, reads and
+        journal. Costs O(rows touched since the last reset), never O(N)."""
+        for b in range(self.batch_size):
+            rows = self._written.rows(b)
+            self._memory[b, rows] = 0
+            order = np.empty(self._ends[b, 3], np.int64)
+            K.ring_rows(self._next[b], self._ends[b], order)
+            for arr in (self._usage, self._prev, self._next):
+                arr[b, order] = 0
+        self._ends[:] = 0
+        self._written.truncate(np.zeros(self.batch_size, np.int64))
+        self._index.reset()
+        self._journal.clear(0)
+        self._position = 0
+        self._prev_rows = np.full_like(self._prev_rows, -1)
+        self._prev_weights = np.zeros_like(self._prev_weights)
+        self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())

@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def random_step_inputs(rng, batch_size, num_heads, word_size, pool=None, dtype=np.float64):
+    """Step inputs with awkward cases mixed in: gates at exactly 0 and 1 (rows left zero,
+    nothing written to the LRA row), zero queries, and add vectors drawn from a small pool so
+    that identical rows (exact similarity ties) appear."""
+    b, h, w = batch_size, num_heads, word_size
+    query = rng.normal(size=(b, h, w))
+    query[rng.random((b, h)) < 0.1] = 0.0
+    strength = rng.uniform(0.5, 20.0, size=(b, h))
+    if pool is None:
+        add = rng.normal(size=(b, h, w))
+    else:
+        add = pool[rng.integers(len(pool), size=(b, h))]
+    write_gate = rng.uniform(size=(b, h))
+    interp_gate = rng.uniform(size=(b, h))
+    special = rng.random((b, h))
+    write_gate[special < 0.1] = 0.0
+    write_gate[(special >= 0.1) & (special < 0.3)] = 1.0
+    interp_gate[(special >= 0.2) & (special < 0.4)] = 0.0
+    interp_gate[(special >= 0.4) & (special < 0.5)] = 1.0
+    # queries equal to a pool vector hit duplicate rows with identical similarity
+    if pool is not None:
+        hit = rng.random((b, h)) < 0.3
+        query[hit] = pool[rng.integers(len(pool), size=int(hit.sum()))]
+    return tuple(np.asarray(x, dtype) for x in (query, strength, add, write_gate, interp_gate))

@@ -1,0 +1,427 @@
+"""Slow, obviously-correct reference implementation of Sparse Access Memory.
+
+This module follows ``DESIGN.md`` section 1 ("The mathematics") literally, with
+plain Python / NumPy loops in float64.  It is the oracle that the fast numba
+kernels (``samcpu.kernels``) and ``samcpu.SparseMemory`` with the exact index
+are tested against.  Floating-point operations are done in a fixed, documented
+order so that a kernel that follows the same order agrees bit for bit.
+
+Symbols (Rae et al. 2016): memory M (N x W), query q_h, strength beta_h, add
+vector a_h, write gate alpha_h, interpolation gate gamma_h, previous read rows
+s_{h,k} with weights w_{h,k}, least recently accessed rows l_h, last-access
+times u(i), usage threshold delta, norm epsilon eps.
+"""
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+__all__ = [
+    "cosine_similarity",
+    "cosine_topk",
+    "softmax_read",
+    "lra_rows",
+    "StepResult",
+    "NaiveMemory",
+    "read_backward",
+]
+
+StepResult = namedtuple("StepResult", ["reads", "rows", "weights"])
+StepResult.__doc__ = """Result of one memory step.
+
+Fields
+------
+reads : ndarray (B, H, W) float64
+    Read vectors r_h.
+rows : ndarray (B, H, K) int64
+    Read rows s_{h,k}, by descending similarity, ties to the lower index.
+weights : ndarray (B, H, K) float64
+    Read weights w_{h,k} = softmax_k(beta_h c(q_h, M(s_{h,k}))).
+"""
+
+
+def cosine_similarity(q, m, eps=1e-6):
+    """Cosine similarity with epsilon-regularised norms, c(q, m).
+
+    Parameters
+    ----------
+    q : array_like (W,)
+        Query q.
+    m : array_like (W,)
+        Memory row M(i).
+    eps : float
+        Epsilon in ||x||_eps = sqrt(x.x + eps).
+
+    Returns
+    -------
+    float
+        ``dot / (sqrt(qq + eps) * sqrt(mm + eps))``, computed in float64 with
+        three separate sequential loops over j = 0..W-1 (qq, then mm, then
+        dot).  An all-zero ``m`` gives exactly 0.0.
+    """
+    qv = [float(x) for x in q]
+    mv = [float(x) for x in m]
+    if len(qv) != len(mv):
+        raise ValueError("q and m must have the same length, got %d and %d"
+                         % (len(qv), len(mv)))
+    eps = float(eps)
+    qq = 0.0
+    for j in range(len(qv)):
+        qq += qv[j] * qv[j]
+    mm = 0.0
+    for j in range(len(mv)):
+        mm += mv[j] * mv[j]
+    dot = 0.0
+    for j in range(len(qv)):
+        dot += qv[j] * mv[j]
+    return dot / (math.sqrt(qq + eps) * math.sqrt(mm + eps))
+
+
+def cosine_topk(memory, queries, k, eps=1e-6):
+    """Exact top-k rows by cosine similarity (dense scan over all N rows).
+
+    Parameters
+    ----------
+    memory : array_like (N, W)
+        Memory M.
+    queries : array_like (H, W)
+        Queries q_h.
+    k : int
+        Number of rows K per query; must satisfy k <= N.
+    eps : float
+        Norm epsilon.
+
+    Returns
+    -------
+    rows : ndarray (H, k) int64
+        For each query the k rows with the largest c(q_h, M(i)), sorted by
+        (-similarity, row index): descending similarity, ties to the lower row.
+    sims : ndarray (H, k) float64
+        The corresponding similarities.
+
+    Raises
+    ------
+    ValueError
+        If k > N.
+    """
+    memory = np.asarray(memory, dtype=np.float64)
+    queries = np.asarray(queries, dtype=np.float64)
+    n = memory.shape[0]
+    h_count = queries.shape[0]
+    k = int(k)
+    if k > n:
+        raise ValueError("k must be <= num_slots (N=%d), got k=%d" % (n, k))
+    rows = np.zeros((h_count, k), dtype=np.int64)
+    sims = np.zeros((h_count, k), dtype=np.float64)
+    for h in range(h_count):
+        scored = [(cosine_similarity(queries[h], memory[i], eps), i)
+                  for i in range(n)]
+        scored.sort(key=lambda si: (-si[0], si[1]))
+        for kk in range(k):
+            sims[h, kk] = scored[kk][0]
+            rows[h, kk] = scored[kk][1]
+    return rows, sims
+
+
+def softmax_read(memory, rows, query, strength, eps=1e-6):
+    """Sparse content read: softmax over the K chosen rows and weighted sum.
+
+    Parameters
+    ----------
+    memory : array_like (N, W)
+        Memory M.
+    rows : array_like (H, K) int64
+        Read rows s_{h,k}.
+    query : array_like (H, W)
+        Queries q_h.
+    strength : array_like (H,)
+        Strengths beta_h.
+    eps : float
+        Norm epsilon.
+
+    Returns
+    -------
+    weights : ndarray (H, K) float64
+        w_{h,k} = e_k / sum_k e_k with e_k = exp(z_k - max_k z_k) and
+        z_k = beta_h * c(q_h, M(s_{h,k})); the sum is sequential over k.
+    reads : ndarray (H, W) float64
+        r_h = sum_k w_{h,k} M(s_{h,k}), accumulated sequentially over k
+        starting from 0.0.
+    """
+    memory = np.asarray(memory, dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    query = np.asarray(query, dtype=np.float64)
+    strength = np.asarray(strength, dtype=np.float64).reshape(-1)
+    h_count, k_count = rows.shape
+    w_size = memory.shape[1]
+    weights = np.zeros((h_count, k_count), dtype=np.float64)
+    reads = np.zeros((h_count, w_size), dtype=np.float64)
+    for h in range(h_count):
+        beta = float(strength[h])
+        z = [beta * cosine_similarity(query[h], memory[rows[h, kk]], eps)
+             for kk in range(k_count)]
+        zmax = z[0]
+        for kk in range(1, k_count):
+            if z[kk] > zmax:
+                zmax = z[kk]
+        e = [math.exp(z[kk] - zmax) for kk in range(k_count)]
+        total = 0.0
+        for kk in range(k_count):
+            total += e[kk]
+        w = [e[kk] / total for kk in range(k_count)]
+        for j in range(w_size):
+            acc = 0.0
+            for kk in range(k_count):
+                acc += w[kk] * float(memory[rows[h, kk], j])
+            reads[h, j] = acc
+        for kk in range(k_count):
+            weights[h, kk] = w[kk]
+    return weights, reads
+
+
+def lra_rows(usage, num_heads):
+    """Least recently accessed rows l_1..l_H.
+
+    Parameters
+    ----------
+    usage : array_like (N,) int64
+        Last-access times u(i); 0 means never accessed, t >= 1 means last
+        accessed at step t.
+    num_heads : int
+        Number of heads H; must satisfy H <= N.
+
+    Returns
+    -------
+    ndarray (H,) int64
+        The H rows with the smallest (u(i), i), in that order (never-accessed
+        rows first, ties to the lower row index).
+    """
+    usage = np.asarray(usage, dtype=np.int64)
+    n = usage.shape[0]
+    num_heads = int(num_heads)
+    if num_heads > n:
+        raise ValueError("num_heads must be <= num_slots (N=%d), got %d"
+                         % (n, num_heads))
+    order = sorted(range(n), key=lambda i: (int(usage[i]), i))
+    return np.array(order[:num_heads], dtype=np.int64)
+
+
+class NaiveMemory:
+    """Reference SAM memory, DESIGN.md section 1 steps 1-5, per batch element.
+
+    Parameters
+    ----------
+    batch_size : int
+        B.
+    num_slots : int
+        N.
+    word_size : int
+        W.
+    num_heads : int
+        H.
+    k : int
+        K, reads per head.
+    delta : float
+        Usage threshold delta.
+    eps : float
+        Norm epsilon.
+
+    Attributes
+    ----------
+    memory : ndarray (B, N, W) float64
+        M, starts all zero.
+    usage : ndarray (B, N) int64
+        u(i); 0 = never accessed.
+    prev_rows : ndarray (B, H, K) int64
+        Previous read rows s_{h,k}; -1 = no previous read.
+    prev_weights : ndarray (B, H, K) float64
+        Previous read weights w_{h,k}.
+    position : int
+        Number of steps applied.
+    """
+
+    def __init__(self, batch_size, num_slots, word_size, num_heads=1, k=8,
+                 delta=0.005, eps=1e-6):
+        self.batch_size = int(batch_size)
+        self.num_slots = int(num_slots)
+        self.word_size = int(word_size)
+        self.num_heads = int(num_heads)
+        self.k = int(k)
+        self.delta = float(delta)
+        self.eps = float(eps)
+        if self.k > self.num_slots:
+            raise ValueError("k must be <= num_slots (N=%d), got k=%d"
+                             % (self.num_slots, self.k))
+        if self.num_heads > self.num_slots:
+            raise ValueError("num_heads must be <= num_slots (N=%d), got %d"
+                             % (self.num_slots, self.num_heads))
+        B, N, W, H, K = (self.batch_size, self.num_slots, self.word_size,
+                         self.num_heads, self.k)
+        self.memory = np.zeros((B, N, W), dtype=np.float64)
+        self.usage = np.zeros((B, N), dtype=np.int64)
+        self.prev_rows = np.full((B, H, K), -1, dtype=np.int64)
+        self.prev_weights = np.zeros((B, H, K), dtype=np.float64)
+        self.position = 0
+
+    def step(self, query, strength, add, write_gate, interp_gate):
+        """Apply one step: LRA, erase, add, read, usage.
+
+        Parameters
+        ----------
+        query : array_like (B, H, W)
+            q_h.
+        strength : array_like (B, H)
+            beta_h.
+        add : array_like (B, H, W)
+            a_h.
+        write_gate : array_like (B, H)
+            alpha_h.
+        interp_gate : array_like (B, H)
+            gamma_h.
+
+        Returns
+        -------
+        StepResult
+            reads (B, H, W) float64, rows (B, H, K) int64,
+            weights (B, H, K) float64.
+        """
+        B, N, W, H, K = (self.batch_size, self.num_slots, self.word_size,
+                         self.num_heads, self.k)
+        query = np.asarray(query, dtype=np.float64).reshape(B, H, W)
+        strength = np.asarray(strength, dtype=np.float64).reshape(B, H)
+        add = np.asarray(add, dtype=np.float64).reshape(B, H, W)
+        write_gate = np.asarray(write_gate, dtype=np.float64).reshape(B, H)
+        interp_gate = np.asarray(interp_gate, dtype=np.float64).reshape(B, H)
+
+        t = self.position + 1
+        out_reads = np.zeros((B, H, W), dtype=np.float64)
+        out_rows = np.zeros((B, H, K), dtype=np.int64)
+        out_weights = np.zeros((B, H, K), dtype=np.float64)
+
+        for b in range(B):
+            mem = self.memory[b]
+
+            # 1. LRA rows l_h.
+            lra = lra_rows(self.usage[b], H)
+
+            # 2. Erase (not gated).
+            for h in range(H):
+                for j in range(W):
+                    mem[lra[h], j] = 0.0
+
+            # 3. Add: previous read rows (gamma), then the LRA row (1-gamma).
+            for h in range(H):
+                alpha = float(write_gate[b, h])
+                gamma = float(interp_gate[b, h])
+                for kk in range(K):
+                    row = int(self.prev_rows[b, h, kk])
+                    if row >= 0:
+                        c = (alpha * gamma) * float(self.prev_weights[b, h, kk])
+                        for j in range(W):
+                            mem[row, j] += c * float(add[b, h, j])
+                c2 = alpha * (1.0 - gamma)
+                for j in range(W):
+                    mem[lra[h], j] += c2 * float(add[b, h, j])
+
+            # 4. Read from the memory after the write.
+            rows, _sims = cosine_topk(mem, query[b], K, self.eps)
+            weights, reads = softmax_read(mem, rows, query[b], strength[b],
+                                          self.eps)
+
+            # 5. Usage: total write weight plus total read weight > delta.
+            total = {}
+            for h in range(H):
+                alpha = float(write_gate[b, h])
+                gamma = float(interp_gate[b, h])
+                for kk in range(K):
+                    row = int(self.prev_rows[b, h, kk])
+                    if row >= 0:
+                        total[row] = total.get(row, 0.0) + (
+                            (alpha * gamma) * float(self.prev_weights[b, h, kk]))
+                row = int(lra[h])
+                total[row] = total.get(row, 0.0) + alpha * (1.0 - gamma)
+            for h in range(H):
+                for kk in range(K):
+                    row = int(rows[h, kk])
+                    total[row] = total.get(row, 0.0) + float(weights[h, kk])
+            for row, value in total.items():
+                if value > self.delta:
+                    self.usage[b, row] = t
+
+            out_reads[b] = reads
+            out_rows[b] = rows
+            out_weights[b] = weights
+
+        self.prev_rows = out_rows.copy()
+        self.prev_weights = out_weights.copy()
+        self.position += 1
+        return StepResult(out_reads, out_rows, out_weights)
+
+
+def read_backward(memory_rows, query, strength, grad_reads, eps=1e-6):
+    """Finite-difference gradient of a sparse read for ONE head.
+
+    Differentiates L = g . r(q, beta, M_s), where r is the read of
+    ``softmax_read`` over the gathered rows M_s and g = dL/dr, by central
+    differences with step 1e-6 in float64.  Row choices are held fixed.
+
+    Parameters
+    ----------
+    memory_rows : array_like (K, W)
+        Gathered rows M(s_{h,1..K}).
+    query : array_like (W,)
+        q_h.
+    strength : float
+        beta_h.
+    grad_reads : array_like (W,)
+        dL/dr_h.
+    eps : float
+        Norm epsilon.
+
+    Returns
+    -------
+    grad_query : ndarray (W,) float64
+        dL/dq_h.
+    grad_strength : float
+        dL/dbeta_h.
+    grad_rows : ndarray (K, W) float64
+        dL/dM(s_{h,k}).
+    """
+    step = 1e-6
+    rows_v = np.array(memory_rows, dtype=np.float64)
+    q_v = np.array(query, dtype=np.float64).reshape(-1)
+    beta = float(strength)
+    g = np.asarray(grad_reads, dtype=np.float64).reshape(-1)
+    k_count, w_size = rows_v.shape
+    idx = np.arange(k_count, dtype=np.int64).reshape(1, k_count)
+
+    def loss(rows_x, q_x, beta_x):
+        _w, r = softmax_read(rows_x, idx, q_x.reshape(1, -1),
+                             np.array([beta_x]), eps)
+        acc = 0.0
+        for j in range(w_size):
+            acc += float(g[j]) * float(r[0, j])
+        return acc
+
+    grad_query = np.zeros(w_size, dtype=np.float64)
+    for j in range(w_size):
+        qp = q_v.copy()
+        qp[j] += step
+        qm = q_v.copy()
+        qm[j] -= step
+        grad_query[j] = (loss(rows_v, qp, beta) - loss(rows_v, qm, beta)) / (2.0 * step)
+
+    grad_strength = (loss(rows_v, q_v, beta + step)
+                     - loss(rows_v, q_v, beta - step)) / (2.0 * step)
+
+    grad_rows = np.zeros((k_count, w_size), dtype=np.float64)
+    for kk in range(k_count):
+        for j in range(w_size):
+            rp = rows_v.copy()
+            rp[kk, j] += step
+            rm = rows_v.copy()
+            rm[kk, j] -= step
+            grad_rows[kk, j] = (loss(rp, q_v, beta) - loss(rm, q_v, beta)) / (2.0 * step)
+
+    return grad_query, float(grad_strength), grad_rows
