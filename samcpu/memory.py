@@ -165,7 +165,8 @@ class SparseMemory:
             raise ValueError(f"{name} has dtype {arr.dtype} but a real floating array is expected")
         if arr.shape != shape:
             raise ValueError(f"{name} has shape {arr.shape} but expected {shape} {what}")
-        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.ascontiguousarray(arr, dtype=self.dtype)
         if not np.isfinite(arr).all():
             raise ValueError(f"{name} contains NaN or Inf (in {self.dtype})")
         return arr
@@ -319,3 +320,132 @@ class SparseMemory:
         self._prev_rows = np.full_like(self._prev_rows, -1)
         self._prev_weights = np.zeros_like(self._prev_weights)
         self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory):
+        """Write the memory to ``directory`` (created if needed): the written rows and their
+        contents, the usage ring, the last reads and the settings, with a checksum. Costs
+        O(rows touched). The journal is not saved: a loaded memory rewinds no further back."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        written, counts, order, order_counts = [], [], [], []
+        for b in range(self.batch_size):
+            rows = self._written.rows(b)
+            written.append(rows)
+            counts.append(len(rows))
+            ring = np.empty(self._ends[b, 3], np.int64)
+            K.ring_rows(self._next[b], self._ends[b], ring)
+            order.append(ring)
+            order_counts.append(len(ring))
+        written = np.concatenate(written)
+        order = np.concatenate(order)
+        bw = np.repeat(np.arange(self.batch_size), counts)
+        bo = np.repeat(np.arange(self.batch_size), order_counts)
+        arrays = dict(
+            written=written, written_counts=np.array(counts, np.int64),
+            contents=self._memory[bw, written], ring=order,
+            ring_counts=np.array(order_counts, np.int64), ring_usage=self._usage[bo, order],
+            prev_rows=self._prev_rows, prev_weights=self._prev_weights,
+        )
+        state = os.path.join(directory, "state.npz")
+        _atomic_write(state, lambda f: np.savez(f, **arrays))
+        with open(state, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        meta = dict(format=FORMAT_VERSION, batch_size=self.batch_size, num_slots=self.num_slots,
+                    word_size=self.word_size, num_heads=self.num_heads, k=self.k,
+                    index=self.index_kind, dtype=self.dtype.name, delta=self.delta,
+                    seed=self.seed, position=self._position, sha256=digest)
+        _atomic_write(os.path.join(directory, "meta.json"),
+                      lambda f: f.write(json.dumps(meta, indent=1).encode()))
+
+    @classmethod
+    def load(cls, directory, path=None, index=None):
+        """Open a memory written by :meth:`save`. ``path``: a new file to back the memory
+        (None: anonymous). ``index`` overrides the saved index kind. Raises
+        :class:`MemoryFileError` if the directory is missing, incomplete or corrupt."""
+        directory = os.fspath(directory)
+        meta_path = os.path.join(directory, "meta.json")
+        state_path = os.path.join(directory, "state.npz")
+        for p in (meta_path, state_path):
+            if not os.path.isfile(p):
+                raise MemoryFileError(f"directory {directory!r} holds no saved memory: {p} is missing")
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            with open(state_path, "rb") as f:
+                blob = f.read()
+        except (OSError, ValueError) as e:
+            raise MemoryFileError(f"cannot read the saved memory in {directory!r}: {e}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise MemoryFileError(f"{meta_path} is not a samcpu memory of format {FORMAT_VERSION}")
+        if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+            raise MemoryFileError(f"{state_path} does not match its checksum in meta.json (corrupt or changed)")
+        try:
+            mem = cls(meta["batch_size"], meta["num_slots"], meta["word_size"], meta["num_heads"],
+                      meta["k"], index=index or meta["index"], dtype=meta["dtype"], path=path,
+                      delta=meta["delta"], seed=meta["seed"])
+            with np.load(state_path) as z:
+                mem._restore(meta, {name: z[name] for name in z.files})
+        except (KeyError, TypeError, ValueError) as e:
+            if path is not None and os.path.exists(path) and "mem" in locals():
+                os.remove(path)
+            raise MemoryFileError(f"saved memory in {directory!r} is inconsistent: {e}") from None
+        return mem
+
+    def _restore(self, meta, z):
+        b, n = self.batch_size, self.num_slots
+        counts, ring_counts = z["written_counts"], z["ring_counts"]
+        written, ring = z["written"], z["ring"]
+        checks = [
+            (counts.shape == (b,) and counts.min() >= 0 and counts.sum() == len(written), "written_counts"),
+            (ring_counts.shape == (b,) and ring_counts.min() >= 0 and ring_counts.sum() == len(ring), "ring_counts"),
+            (z["contents"].shape == (len(written), self.word_size), "contents"),
+            (len(written) == 0 or (written.min() >= 0 and written.max() < n), "written"),
+            (len(ring) == 0 or (ring.min() >= 0 and ring.max() < n), "ring"),
+            (z["ring_usage"].shape == ring.shape, "ring_usage"),
+            (z["prev_rows"].shape == self._prev_rows.shape and z["prev_rows"].max(initial=-1) < n, "prev_rows"),
+            (z["prev_weights"].shape == self._prev_weights.shape, "prev_weights"),
+            (isinstance(meta["position"], int) and meta["position"] >= 0, "position"),
+        ]
+        for ok, name in checks:
+            if not ok:
+                raise ValueError(f"array {name!r} has the wrong shape or values")
+        bw = np.repeat(np.arange(b), counts)
+        bo = np.repeat(np.arange(b), ring_counts)
+        self._memory[bw, written] = z["contents"]
+        usage = z["ring_usage"]
+        self._usage[bo, ring] = usage
+        offsets = np.concatenate([[0], np.cumsum(ring_counts)])
+        for i in range(b):
+            r = ring[offsets[i]:offsets[i + 1]]
+            if len(r):
+                if len(np.unique(r)) != len(r) or (np.diff(usage[offsets[i]:offsets[i + 1]]) < 0).any():
+                    raise ValueError("array 'ring' is not a valid access order")
+                self._prev[i, r] = np.concatenate([[0], r[:-1] + 1])
+                self._next[i, r] = np.concatenate([r[1:] + 1, [0]])
+                self._ends[i] = (r[0] + 1, r[-1] + 1, 0, len(r))
+        woff = np.concatenate([[0], np.cumsum(counts)])
+        rows = np.full((b, max(1, int(counts.max(initial=0)))), -1, np.int64)
+        for i in range(b):
+            rows[i, : counts[i]] = written[woff[i]:woff[i + 1]]
+        self._written.add(rows, counts)
+        self._index.update(rows, counts)
+        self._prev_rows = z["prev_rows"].astype(np.int64)
+        self._prev_weights = z["prev_weights"].astype(self.dtype)
+        self._position = meta["position"]
+        self._journal.clear(self._position)
+        self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
+
+
+def _atomic_write(path, write):
+    """Write a file via a temporary file in the same directory, fsync and rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise

@@ -1,0 +1,159 @@
+"""SparseMemory's public surface: bad input, persistence, huge lazy memories."""
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import random_step_inputs
+
+import samcpu
+from test_rewind import assert_same, snapshot
+
+B, N, W, H, K = 2, 10, 4, 2, 3
+
+
+@pytest.fixture
+def mem(rng):
+    m = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, dtype=np.float64)
+    for _ in range(6):
+        m.step(*random_step_inputs(rng, B, H, W, None))
+    return m
+
+
+def good(rng):
+    return dict(zip(["query", "strength", "add", "write_gate", "interp_gate"],
+                    random_step_inputs(rng, B, H, W, None)))
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("query", np.zeros((B, H, W + 1)), r"query has shape \(2, 2, 5\) but expected \(2, 2, 4\)"),
+    ("query", np.zeros((B, W)), r"query has shape \(2, 4\)"),
+    ("add", np.zeros((B, H, W), complex), "add has dtype complex128"),
+    ("add", np.array([["a"] * H] * B), "add has dtype <U1"),
+    ("strength", np.zeros((B, H)), "strength must be > 0"),
+    ("strength", -np.ones((B, H)), "strength must be > 0"),
+    ("write_gate", np.full((B, H), 1.5), r"write_gate must lie in \[0, 1\]"),
+    ("interp_gate", np.full((B, H), -0.1), r"interp_gate must lie in \[0, 1\]"),
+    ("query", np.full((B, H, W), np.nan), "query contains NaN or Inf"),
+    ("add", np.full((B, H, W), np.inf), "add contains NaN or Inf"),
+    ("strength", np.full((B, H), np.nan), "strength contains NaN"),
+])
+def test_bad_step_input_raises_and_changes_nothing(mem, rng, name, value, message):
+    before = snapshot(mem)
+    journal = mem.journal_nbytes
+    args = good(rng)
+    args[name] = value
+    with pytest.raises(ValueError, match=message):
+        mem.step(**args)
+    assert mem.position == 6 and mem.latest == 6 and mem.journal_nbytes == journal
+    assert_same(snapshot(mem), before)
+    mem.step(**good(rng))  # still usable
+
+
+def test_float32_input_too_large_for_memory_dtype_is_refused(rng):
+    m = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, dtype=np.float32)
+    args = good(rng)
+    args["add"] = np.full((B, H, W), 1e300)
+    with pytest.raises(ValueError, match="add contains NaN or Inf"):
+        m.step(**args)
+    assert m.position == 0 and not m.memory.any()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(k=11), r"k is 11 but must be <= num_slots \(10\)"),
+    (dict(num_heads=11), r"num_heads is 11 but must be <= num_slots"),
+    (dict(k=0), "k must be >= 1"),
+    (dict(dtype=np.int32), "dtype must be float32 or float64"),
+    (dict(dtype="nonsense"), "dtype must be float32 or float64"),
+    (dict(index="annoy"), "index must be one of"),
+    (dict(delta=-1.0), "delta must be a finite number"),
+    (dict(num_heads=2.5), "num_heads must be an integer"),
+])
+def test_bad_constructor_arguments(kwargs, message):
+    args = dict(batch_size=B, num_slots=N, word_size=W)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        samcpu.SparseMemory(**args)
+
+
+def test_bad_rewind_position(mem):
+    before = snapshot(mem)
+    for p, message in [(7, r"position must be in \[0, 6\]"), (-1, "position must be in"),
+                       (2.0, "position must be an integer")]:
+        with pytest.raises(ValueError, match=message):
+            mem.rewind(p)
+    assert_same(snapshot(mem), before)
+
+
+def test_memory_view_is_read_only(mem):
+    with pytest.raises(ValueError):
+        mem.memory[0, 0, 0] = 1.0
+
+
+def test_save_load_round_trip(mem, rng, tmp_path):
+    mem.save(tmp_path / "m")
+    loaded = samcpu.SparseMemory.load(tmp_path / "m")
+    assert loaded.position == mem.position and loaded.earliest == mem.position
+    assert_same(snapshot(loaded), snapshot(mem))
+    for _ in range(10):  # both go on identically
+        inputs = random_step_inputs(rng, B, H, W, None)
+        a, b = mem.step(*inputs), loaded.step(*inputs)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert_same(snapshot(loaded), snapshot(mem))
+
+
+def test_save_load_file_backed(rng, tmp_path):
+    m = samcpu.SparseMemory(1, 1000, W, num_heads=H, k=K, path=tmp_path / "a.f32")
+    for _ in range(5):
+        m.step(*random_step_inputs(rng, 1, H, W, None, np.float32))
+    m.save(tmp_path / "saved")
+    loaded = samcpu.SparseMemory.load(tmp_path / "saved", path=tmp_path / "b.f32")
+    assert_same(snapshot(loaded), snapshot(m))
+    with pytest.raises(ValueError, match="already exists"):
+        samcpu.SparseMemory.load(tmp_path / "saved", path=tmp_path / "b.f32")
+
+
+def test_load_missing_or_corrupt(mem, tmp_path):
+    with pytest.raises(samcpu.MemoryFileError, match="holds no saved memory"):
+        samcpu.SparseMemory.load(tmp_path / "nothing")
+    mem.save(tmp_path / "m")
+    state = tmp_path / "m" / "state.npz"
+    blob = bytearray(state.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    state.write_bytes(bytes(blob))
+    with pytest.raises(samcpu.MemoryFileError, match="checksum"):
+        samcpu.SparseMemory.load(tmp_path / "m")
+    (tmp_path / "m" / "meta.json").write_text("{not json")
+    with pytest.raises(samcpu.MemoryFileError, match="cannot read"):
+        samcpu.SparseMemory.load(tmp_path / "m")
+    assert issubclass(samcpu.MemoryFileError, ValueError)
+
+
+def test_save_replaces_an_older_save_completely(mem, rng, tmp_path):
+    mem.save(tmp_path / "m")
+    mem.step(*random_step_inputs(rng, B, H, W, None))
+    mem.save(tmp_path / "m")
+    assert samcpu.SparseMemory.load(tmp_path / "m").position == 7
+    assert sorted(os.listdir(tmp_path / "m")) == ["meta.json", "state.npz"]
+
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_hundred_million_slots_start_instantly_and_stay_small(rng, tmp_path):
+    rss0 = _rss()
+    start = time.perf_counter()
+    m = samcpu.SparseMemory(1, 100_000_000, 32, num_heads=4, k=4)
+    created = time.perf_counter() - start
+    assert created < 1.0, f"creating took {created:.2f} s"
+    for _ in range(50):
+        m.step(*random_step_inputs(rng, 1, 4, 32, None, np.float32))
+    grown = _rss() - rss0
+    assert grown < 200e6, f"resident memory grew by {grown / 1e6:.0f} MB"  # the dense memory is 12.8 GB
+    f = samcpu.SparseMemory(1, 100_000_000, 32, num_heads=4, k=4, path=tmp_path / "big.f32")
+    f.step(*random_step_inputs(rng, 1, 4, 32, None, np.float32))
+    assert os.stat(tmp_path / "big.f32").st_size == 12_800_000_000
+    assert os.stat(tmp_path / "big.f32").st_blocks * 512 < 10e6  # sparse on disk
