@@ -62,3 +62,11 @@ def test_float32_matches_naive_closely():
         np.testing.assert_array_equal(got.rows, want.rows)
         np.testing.assert_allclose(got.reads, want.reads, rtol=0, atol=1e-4)
     assert mem.memory.dtype == np.float32
+
+
+def test_parallel_blocks_of_the_exact_index_equal_naive(monkeypatch):
+    monkeypatch.setattr(samcpu.index.ExactIndex, "block", 3)  # many blocks, split mid-batch
+    rng = np.random.default_rng(9)
+    for t, mem, ref, got, want in run_pair(rng, 3, 30, 4, 3, 4, 40, True):
+        np.testing.assert_array_equal(got.rows, want.rows)
+        np.testing.assert_allclose(got.reads, want.reads, rtol=0, atol=1e-10)
