@@ -210,8 +210,8 @@ class SparseMemory:
                           self._prev_rows, self._prev_weights, a, alpha, gamma, lra,
                           chunk.jrows[s], chunk.jvals[s], chunk.jcount[s])
             chunk.ucount[s] = 0
-            self._written.add(chunk.jrows[s], chunk.jcount[s])
-            self._index.update(chunk.jrows[s], chunk.jcount[s])
+            self._written.add(chunk.jrows[s])
+            self._index.update(chunk.jrows[s])
             rows, _ = self._index.query(q, self.k)
             weights = np.empty((b, h, self.k), self.dtype)
             reads = np.empty((b, h, w), self.dtype)
@@ -234,7 +234,7 @@ class SparseMemory:
         K.undo_steps(self._memory, self._usage, self._prev, self._next, self._ends, chunk.jrows,
                      chunk.jvals, chunk.jcount, chunk.urec, chunk.ucount, s, s + 1)
         self._written.truncate(chunk.wcount[s])
-        self._index.update(chunk.jrows[s], chunk.jcount[s])
+        self._index.update(chunk.jrows[s])
         self._journal.truncate(self._position)
 
     # ------------------------------------------------------------------ time travel
@@ -259,7 +259,7 @@ class SparseMemory:
         for chunk, start, stop in reversed(self._journal.spans(position, self._position)):
             K.undo_steps(*self._arrays(), chunk.jrows, chunk.jvals, chunk.jcount, chunk.urec,
                          chunk.ucount, start, stop)
-            self._notify_index(chunk, start, stop)
+            self._index.update(_span_rows(chunk, start, stop))
         if position < self._position:
             chunk, s = self._journal.locate(position + 1)
             self._written.truncate(chunk.wcount[s])
@@ -275,17 +275,12 @@ class SparseMemory:
         for chunk, start, stop in self._journal.spans(self._position, position):
             K.redo_steps(*self._arrays(), chunk.jrows, chunk.jvals, chunk.jcount, chunk.urec,
                          chunk.ucount, start, stop, first)
-            for s in range(start, stop):
-                self._written.add(chunk.jrows[s], chunk.jcount[s])
-            self._notify_index(chunk, start, stop)
+            rows = _span_rows(chunk, start, stop)
+            self._written.add(rows)
+            self._index.update(rows)
             first += stop - start
         self._position = position
         self._restore_reads()
-
-    def _notify_index(self, chunk, start, stop):
-        """Tell the index which rows changed content in journal slots start..stop-1."""
-        for s in range(start, stop):
-            self._index.update(chunk.jrows[s], chunk.jcount[s])
 
     def _restore_reads(self):
         if self._position == self._journal.base:
@@ -428,13 +423,19 @@ class SparseMemory:
         rows = np.full((b, max(1, int(counts.max(initial=0)))), -1, np.int64)
         for i in range(b):
             rows[i, : counts[i]] = written[woff[i]:woff[i + 1]]
-        self._written.add(rows, counts)
-        self._index.update(rows, counts)
+        self._written.add(rows)
+        self._index.update(rows)
         self._prev_rows = z["prev_rows"].astype(np.int64)
         self._prev_weights = z["prev_weights"].astype(self.dtype)
         self._position = meta["position"]
         self._journal.clear(self._position)
         self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
+
+
+def _span_rows(chunk, start, stop):
+    """The rows journal slots start..stop-1 touched, (B, R) with -1 padding."""
+    rows = chunk.jrows[start:stop]
+    return np.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(rows.shape[1], -1)
 
 
 def _atomic_write(path, write):

@@ -27,15 +27,16 @@ class WrittenRows:
         self.counts = np.zeros(batch_size, np.int64)
         self.hints = np.zeros((batch_size, 1), np.int64)
 
-    def add(self, rows, counts):
-        """Add ``rows[b, :counts[b]]`` (B, R) to the set of each batch element."""
-        need = int((self.counts + counts).max())
+    def add(self, rows):
+        """Add ``rows[b]`` (B, R) int64 to the set of each batch element; -1 entries are
+        ignored."""
+        need = int(self.counts.max()) + rows.shape[1]
         if need > self.members.shape[1]:
             grown = np.zeros((self.members.shape[0], max(need, 2 * self.members.shape[1])), np.int64)
             grown[:, : self.members.shape[1]] = self.members
             self.members = grown
         for b in range(len(self.counts)):
-            self.counts[b] = rowset_add(self.flags[b], self.members[b], self.counts[b], rows[b], counts[b])
+            self.counts[b] = rowset_add(self.flags[b], self.members[b], self.counts[b], rows[b])
 
     def truncate(self, counts):
         """Forget the members added after the first ``counts[b]`` (B,)."""
@@ -61,9 +62,9 @@ class Index(abc.ABC):
         self.written = written
 
     @abc.abstractmethod
-    def update(self, rows, counts):
-        """Rows ``rows[b, :counts[b]]`` (B, R) int64 changed content (written, erased,
-        rewound or replayed); their new contents are in ``memory``."""
+    def update(self, rows):
+        """Rows ``rows[b]`` (B, R) int64 changed content (written, erased, rewound or
+        replayed; -1 entries are padding); their new contents are in ``memory``."""
 
     @abc.abstractmethod
     def query(self, queries, k):

@@ -13,7 +13,7 @@ class ExactIndex(Index):
 
     block = SCAN_BLOCK
 
-    def update(self, rows, counts):
+    def update(self, rows):
         pass
 
     def query(self, queries, k):

@@ -11,11 +11,12 @@ from ..config import NJIT
 
 
 @nb.njit(**NJIT)
-def rowset_add(flags, rows, count, new_rows, n_new):
-    """Add ``new_rows[:n_new]`` to the set; returns the new count (capacity is the caller's)."""
-    for i in range(n_new):
+def rowset_add(flags, rows, count, new_rows):
+    """Add ``new_rows`` (entries < 0 are ignored) to the set; returns the new count
+    (capacity is the caller's)."""
+    for i in range(new_rows.shape[0]):
         r = new_rows[i]
-        if flags[r] == 0:
+        if r >= 0 and flags[r] == 0:
             flags[r] = 1
             rows[count] = r
             count += 1

@@ -17,13 +17,14 @@ from .write import accessed_rows, journal_save, journal_swap, sparse_write, writ
 def write_phase(memory, usage, prev, nxt, ends, prev_rows, prev_weights, add, write_gate,
                 interp_gate, lra, jrows, jold, jcount):
     """Steps 1-3 for every batch element b: pick the LRA rows ``lra[b]`` (H,), journal the
-    distinct rows the write touches (``jrows[b, :jcount[b]]``, old contents ``jold[b]``),
-    then erase and add. memory (B, N, W); usage, prev, nxt (B, N); ends (B, 4);
+    distinct rows the write touches (``jrows[b, :jcount[b]]``, the rest set to -1; old
+    contents ``jold[b]``), then erase and add. memory (B, N, W); usage, prev, nxt (B, N); ends (B, 4);
     prev_rows (B, H, K); prev_weights (B, H, K); add (B, H, W); gates (B, H).
     """
     for b in nb.prange(memory.shape[0]):
         lra_rows(usage[b], nxt[b], ends[b], lra.shape[1], lra[b])
         n = write_rows(lra[b], prev_rows[b], jrows[b])
+        jrows[b, n:] = -1
         journal_save(memory[b], jrows[b], n, jold[b])
         sparse_write(memory[b], lra[b], prev_rows[b], prev_weights[b], add[b],
                      write_gate[b], interp_gate[b])
