@@ -275,11 +275,15 @@ def main():
         bench_one(64, small, tmp)
         for n in slots:
             t0 = time.perf_counter()
+            load0 = os.getloadavg()[0]
             res = bench_one(n, args, tmp)
             res["seconds"] = time.perf_counter() - t0
+            # other processes on the machine inflate the parallel kernels (a descheduled
+            # numba worker stalls the whole prange for a scheduler slice): record the load
+            res["loadavg_1min_before_after"] = [load0, os.getloadavg()[0]]
             results.append(res)
             print(f"N={n:.0e}: {res['seconds']:.1f} s (warm-up {res['warmup_seconds']:.1f} s), "
-                  f"checks {res['checks']}", flush=True)
+                  f"load {res['loadavg_1min_before_after']}, checks {res['checks']}", flush=True)
     machine["numba_threading_layer"] = numba.threading_layer()
 
     # ---- table of medians and ratios

@@ -95,7 +95,10 @@ class SparseMemory:
 
         b, n, w, h = self.batch_size, self.num_slots, self.word_size, self.num_heads
         shape = (b, n, w)
-        self._memory = lazy_zeros(shape, self.dtype) if self.path is None else file_zeros(self.path, shape, self.dtype)
+        if self.path is None:
+            self._memory = lazy_zeros(shape, self.dtype)
+        else:  # kernels get a plain ndarray view: numba dispatches np.memmap slowly
+            self._memory = file_zeros(self.path, shape, self.dtype).view(np.ndarray)
         self._usage = lazy_zeros((b, n), np.int64)
         self._prev = lazy_zeros((b, n), np.int64)
         self._next = lazy_zeros((b, n), np.int64)

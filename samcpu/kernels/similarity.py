@@ -36,19 +36,6 @@ def cosine_similarity(q, m, eps):
 
 
 @nb.njit(**NJIT)
-def _cosine_with_qnorm(q, qnorm, m, eps):
-    """c(q, m) given ``qnorm = ||q||_eps``: the same bits as :func:`cosine_similarity`."""
-    mm = 0.0
-    dot = 0.0
-    for j in range(q.shape[0]):
-        a = np.float64(q[j])
-        b = np.float64(m[j])
-        mm += b * b
-        dot += a * b
-    return dot / (qnorm * np.sqrt(mm + eps))
-
-
-@nb.njit(**NJIT)
 def topk_insert(rows, sims, n, row, sim):
     """Insert (row, sim) into the sorted top list ``rows[:n]``/``sims[:n]`` of capacity k.
 
@@ -84,8 +71,13 @@ def scan_topk(memory, rows, start, stop, queries, qnorms, eps, out_rows, out_sim
     for i in range(start, stop):
         r = rows[i] if use_list else i
         m = memory[r]
+        mnorm = norm_eps(m, eps)
         for h in range(queries.shape[0]):
-            s = _cosine_with_qnorm(queries[h], qnorms[h], m, eps)
+            q = queries[h]
+            dot = 0.0
+            for j in range(q.shape[0]):
+                dot += np.float64(q[j]) * np.float64(m[j])
+            s = dot / (qnorms[h] * mnorm)
             out_n[h] = topk_insert(out_rows[h], out_sims[h], out_n[h], r, s)
 
 
