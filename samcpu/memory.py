@@ -62,10 +62,12 @@ class SparseMemory:
         Usage threshold delta of DESIGN.md section 1 step 5.
     seed : int
         Seed for the index's randomness (HNSW level generation).
+    index_options : dict or None
+        Keyword arguments for the index class (see :class:`samcpu.index.HNSWIndex`).
     """
 
     def __init__(self, batch_size, num_slots, word_size, num_heads=1, k=8, index="exact",
-                 dtype=np.float32, path=None, delta=DELTA, seed=0):
+                 dtype=np.float32, path=None, delta=DELTA, seed=0, index_options=None):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.num_slots = _positive_int("num_slots", num_slots)
         self.word_size = _positive_int("word_size", word_size)
@@ -104,7 +106,7 @@ class SparseMemory:
         self._next = lazy_zeros((b, n), np.int64)
         self._ends = np.zeros((b, 4), np.int64)
         self._written = WrittenRows(b, n)
-        self._index = INDEXES[index](self._memory, self._written)
+        self._index = INDEXES[index](self._memory, self._written, seed=self.seed, **(index_options or {}))
         self._journal = Journal(b, h, self.k, w, self.dtype)
         self._position = 0
         self._prev_rows = np.full((b, h, self.k), -1, np.int64)

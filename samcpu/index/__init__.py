@@ -1,7 +1,8 @@
 """ANN indexes behind one small interface (:class:`Index`)."""
 from .base import Index, WrittenRows
 from .exact import ExactIndex
+from .hnsw import HNSWIndex
 
-INDEXES = {"exact": ExactIndex}
+INDEXES = {"exact": ExactIndex, "hnsw": HNSWIndex}
 
-__all__ = ["ExactIndex", "Index", "INDEXES", "WrittenRows"]
+__all__ = ["ExactIndex", "HNSWIndex", "Index", "INDEXES", "WrittenRows"]

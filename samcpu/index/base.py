@@ -57,7 +57,7 @@ class Index(abc.ABC):
     ``memory`` (B, N, W) is the live memory array and ``written`` its :class:`WrittenRows`.
     """
 
-    def __init__(self, memory, written):
+    def __init__(self, memory, written, **options):
         self.memory = memory
         self.written = written
 

@@ -53,3 +53,11 @@ def unwritten_rows(flags, hint, k, out):
             c += 1
         i += 1
     return c
+
+
+@nb.njit(**NJIT)
+def rowset_clear(flags, rows, count):
+    """Empty a set whose flags were set by :func:`rowset_add` (O(count))."""
+    for i in range(count):
+        flags[rows[i]] = 0
+    return 0

@@ -1,0 +1,207 @@
+"""HNSWIndex: hnswlib kept in step with every write, with exact re-scoring.
+
+Per batch element one ``hnswlib.Index`` (cosine space) holds the written, non-zero rows.
+Labels are versions, not rows: a row whose content changed much is re-inserted under a new
+label and its old label is deleted (``mark_deleted``, ~1 us), because hnswlib's in-place
+update of a label costs ~20 inserts. Every write first lands in a small exact buffer that each
+query scans in full, so a read always sees what the same step wrote; the buffer is flushed
+into hnswlib in batches at the next write, deduplicated (a row written ten times is re-indexed once), and a row whose content
+moved little (cosine to its indexed vector >= ``stale_cos``) keeps its label. Queries over-fetch
+from hnswlib and re-score every candidate exactly against the live memory. When deleted
+labels outnumber live ones the graph is rebuilt in bulk. Batch elements run in parallel
+threads (hnswlib releases the GIL).
+"""
+from concurrent.futures import ThreadPoolExecutor
+
+import hnswlib
+import numpy as np
+
+from .._storage import lazy_zeros
+from ..config import EPS
+from ..kernels import rescore_candidates, rowset_add, rowset_clear
+from .base import Index
+
+
+class _Graph:
+    """One batch element's hnswlib index and its label bookkeeping."""
+
+    def __init__(self, dim, capacity, m, ef_construction, ef, seed):
+        self.params = (dim, m, ef_construction, ef, seed)
+        self.index = hnswlib.Index(space="cosine", dim=dim)
+        self.index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction,
+                              random_seed=seed)
+        self.index.set_ef(ef)
+        self.index.set_num_threads(1)
+        self.label_row = np.full(capacity, -1, np.int64)  # label -> row, -1 once deleted
+        self.next_label = 0
+        self.live = 0
+
+    def insert(self, vectors, rows, row_label):
+        """Insert ``vectors`` for ``rows`` under new labels; row_label (N,) gets label + 1."""
+        n = len(rows)
+        if n == 0:
+            return
+        need = self.next_label + n
+        if need > self.index.get_max_elements():
+            cap = max(need, 2 * self.index.get_max_elements())
+            self.index.resize_index(cap)
+            grown = np.full(cap, -1, np.int64)
+            grown[: len(self.label_row)] = self.label_row
+            self.label_row = grown
+        labels = np.arange(self.next_label, need, dtype=np.int64)
+        self.index.add_items(vectors, labels, num_threads=1)
+        self.label_row[labels] = rows
+        row_label[rows] = labels + 1
+        self.next_label = need
+        self.live += n
+
+    def delete(self, labels):
+        for label in labels:
+            self.index.mark_deleted(int(label))
+        self.label_row[labels] = -1
+        self.live -= len(labels)
+
+    @property
+    def deleted(self):
+        return self.next_label - self.live
+
+
+class HNSWIndex(Index):
+    """Approximate top-k reads over hnswlib, exact on fresh rows (see the module docstring).
+
+    Parameters
+    ----------
+    m, ef_construction, ef : hnswlib parameters (graph degree, build and query beam width)
+    overfetch : candidates asked of hnswlib per query, beyond k
+    flush_rows : buffer size per batch element that triggers a flush into hnswlib
+    stale_cos : a row is re-indexed when cos(indexed vector, content) drops below this
+    num_threads : threads over the batch elements
+    seed : hnswlib's random seed (level generation)
+    """
+
+    def __init__(self, memory, written, m=16, ef_construction=64, ef=32, overfetch=8,
+                 flush_rows=256, stale_cos=0.98, num_threads=2, seed=0, capacity=1024):
+        super().__init__(memory, written)
+        self.m, self.ef_construction, self.ef = m, ef_construction, ef
+        self.overfetch, self.flush_rows, self.stale_cos = overfetch, flush_rows, stale_cos
+        self.seed, self.capacity = seed, capacity
+        b, n, _ = memory.shape
+        self.row_label = lazy_zeros((b, n), np.int64)  # label + 1 of a row's live label
+        self.buf_flags = lazy_zeros((b, n), np.uint8)
+        self.buf_rows = np.zeros((b, 2 * flush_rows), np.int64)
+        self.buf_counts = np.zeros(b, np.int64)
+        self.graphs = [self._new_graph(i) for i in range(b)]
+        self.num_threads = max(1, min(num_threads, b))
+        self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
+        self.rebuilds = 0
+
+    def _new_graph(self, b, capacity=None):
+        return _Graph(self.memory.shape[2], capacity or self.capacity, self.m,
+                      self.ef_construction, self.ef, self.seed + b)
+
+    # -------------------------------------------------------------- parallel helper
+    def _each(self, fn):
+        """Run fn(b) for every batch element, split over the threads."""
+        b = len(self.graphs)
+        if self._pool is None:
+            for i in range(b):
+                fn(i)
+            return
+        groups = [range(t, b, self.num_threads) for t in range(self.num_threads)]
+        for f in [self._pool.submit(lambda g=g: [fn(i) for i in g]) for g in groups]:
+            f.result()
+
+    # -------------------------------------------------------------- interface
+    def update(self, rows):
+        # flush what earlier calls buffered, so the rows of this step stay in the exact
+        # buffer for this step's query
+        if self.buf_counts.max() >= self.flush_rows:
+            self._each(self._flush)
+        need = int(self.buf_counts.max()) + rows.shape[1]
+        if need > self.buf_rows.shape[1]:
+            grown = np.zeros((len(self.graphs), 2 * need), np.int64)
+            grown[:, : self.buf_rows.shape[1]] = self.buf_rows
+            self.buf_rows = grown
+        for b in range(len(self.graphs)):
+            self.buf_counts[b] = rowset_add(self.buf_flags[b], self.buf_rows[b], self.buf_counts[b], rows[b])
+
+    def query(self, queries, k):
+        fetch = k + self.overfetch
+        cand = np.full((len(self.graphs), queries.shape[1], fetch), -1, np.int64)
+
+        def search(b):
+            g = self.graphs[b]
+            kk = min(fetch, g.live)
+            while kk > 0:
+                try:
+                    labels, _ = g.index.knn_query(queries[b], k=kk, num_threads=1)
+                except RuntimeError:  # fewer than kk reachable: ask for fewer
+                    kk //= 2
+                    continue
+                cand[b, :, :kk] = g.label_row[labels.astype(np.int64)]
+                return
+
+        self._each(search)
+        return rescore_candidates(self.memory, cand, self.buf_flags, self.buf_rows, self.buf_counts,
+                                  self.written.flags, self.written.hints, queries, k, EPS)
+
+    def flush(self):
+        """Move every buffered row into hnswlib now."""
+        self._each(self._flush)
+
+    def _flush(self, b):
+        """Index the buffered rows of batch element b: insert new and much-changed rows under
+        new labels, delete the labels of changed and zeroed rows; zero rows stay buffered."""
+        g = self.graphs[b]
+        count = self.buf_counts[b]
+        if count == 0:
+            return
+        rows = self.buf_rows[b, :count].copy()
+        vals = np.asarray(self.memory[b, rows], np.float32)
+        norms = np.sqrt((vals.astype(np.float64) ** 2).sum(1))
+        nonzero = norms > 0
+        labels = self.row_label[b, rows] - 1
+        has = labels >= 0
+        keep = has & nonzero
+        if keep.any():
+            stored = g.index.get_items(labels[keep], return_type="numpy")
+            cos = (stored * vals[keep]).sum(1) / norms[keep]
+            still = np.zeros(count, bool)
+            still[np.flatnonzero(keep)[cos >= self.stale_cos]] = True
+            keep = still
+        insert = nonzero & ~keep
+        delete = has & ~keep
+        g.delete(labels[delete])
+        self.row_label[b, rows[delete]] = 0
+        g.insert(vals[insert], rows[insert], self.row_label[b])
+        rowset_clear(self.buf_flags[b], self.buf_rows[b], count)
+        zero = rows[~nonzero]  # written rows that are zero stay in the exact buffer
+        self.buf_counts[b] = rowset_add(self.buf_flags[b], self.buf_rows[b], 0, zero)
+        if g.deleted > max(g.live, 4 * self.flush_rows):
+            self._rebuild(b)
+
+    def _rebuild(self, b):
+        """A fresh graph of the live rows' current contents."""
+        old = self.graphs[b]
+        rows = old.label_row[: old.next_label]
+        rows = rows[rows >= 0]
+        self.row_label[b, rows] = 0
+        g = self._new_graph(b, capacity=max(self.capacity, 2 * len(rows)))
+        g.insert(np.asarray(self.memory[b, rows], np.float32), rows, self.row_label[b])
+        self.graphs[b] = g
+        self.rebuilds += 1
+
+    def reset(self):
+        for b, g in enumerate(self.graphs):
+            rows = g.label_row[: g.next_label]
+            self.row_label[b, rows[rows >= 0]] = 0
+            self.buf_counts[b] = rowset_clear(self.buf_flags[b], self.buf_rows[b], self.buf_counts[b])
+            self.graphs[b] = self._new_graph(b)
+
+    def __len__(self):
+        return sum(g.live for g in self.graphs) + int(self.buf_counts.sum())
+
+    def stats(self):
+        """Live labels, deleted labels, buffered rows and rebuilds, summed over the batch."""
+        return dict(live=sum(g.live for g in self.graphs), deleted=sum(g.deleted for g in self.graphs),
+                    buffered=int(self.buf_counts.sum()), rebuilds=self.rebuilds)

@@ -1,0 +1,133 @@
+"""HNSWIndex: fresh rows always found, erased rows never returned with stale content, equal
+to the exact index where hnswlib is exact (small N, wide beam), recall where it is not."""
+import time
+
+import numpy as np
+import pytest
+from conftest import random_step_inputs
+
+import samcpu
+from samcpu.config import EPS
+from samcpu.kernels import exact_query
+from test_rewind import assert_same, snapshot
+
+WIDE = dict(ef=400, ef_construction=200, overfetch=64, stale_cos=2.0)  # re-index every change
+
+
+def exact_rows(mem, queries):
+    w = mem._written
+    return exact_query(mem._memory, w.flags.copy(), w.members, w.counts, w.hints.copy(),
+                       np.asarray(queries, mem.dtype), mem.k, EPS, 4096)[0]
+
+
+@pytest.mark.parametrize("flush_rows", [1, 3, 16])
+def test_hnsw_equals_exact_when_the_beam_covers_the_graph(flush_rows):
+    rng = np.random.default_rng(flush_rows)
+    opts = dict(WIDE, flush_rows=flush_rows)
+    a = samcpu.SparseMemory(2, 60, 4, num_heads=3, k=4, index="hnsw", index_options=opts)
+    b = samcpu.SparseMemory(2, 60, 4, num_heads=3, k=4, index="exact")
+    pool = rng.normal(size=(4, 4))
+    for t in range(150):  # the memory fills, rows are erased, relabelled and rebuilt
+        inputs = random_step_inputs(rng, 2, 3, 4, pool if t % 2 else None, np.float32)
+        x, y = a.step(*inputs), b.step(*inputs)
+        np.testing.assert_array_equal(x.rows, y.rows, err_msg=f"step {t + 1}")
+        np.testing.assert_array_equal(x.reads, y.reads)
+    stats = a.index.stats()
+    assert stats["deleted"] > 0 or stats["rebuilds"] > 0
+
+
+def test_fresh_rows_are_always_found_even_with_a_poor_graph():
+    rng = np.random.default_rng(1)
+    h, w = 4, 16
+    mem = samcpu.SparseMemory(1, 100_000, w, num_heads=h, k=2, index="hnsw",
+                              index_options=dict(ef=1, m=2, ef_construction=2, overfetch=0, flush_rows=8))
+    one, zero = np.ones((1, h)), np.zeros((1, h))
+    for t in range(300):
+        a = rng.normal(size=(1, h, w))
+        res = mem.step(a, np.full((1, h), 50.0), a, one, zero)  # write a to the LRA rows, query a
+        for i in range(h):
+            row = res.rows[0, i, 0]
+            np.testing.assert_allclose(mem.memory[0, row], a[0, i], rtol=1e-6, err_msg=f"step {t}")
+
+
+def test_erased_rows_are_scored_by_their_current_content():
+    rng = np.random.default_rng(2)
+    w = 8
+    mem = samcpu.SparseMemory(1, 6, w, num_heads=1, k=1, index="hnsw", index_options=dict(flush_rows=1))
+    one, zero = np.ones((1, 1)), np.zeros((1, 1))
+    first = rng.normal(size=(1, 1, w))
+    mem.step(first, one, first, one, zero)  # row 0 := first
+    other = rng.normal(size=(1, 1, w))
+    for _ in range(6):  # the ring comes round: row 0 is erased and rewritten with `other`
+        res = mem.step(other, one, other, one, zero)
+    assert not np.allclose(mem.memory[0, 0], first[0, 0])
+    res = mem.step(first, one, first * 0, zero, zero)  # query the old content, write nothing
+    row = res.rows[0, 0, 0]
+    exact = exact_rows(mem, first)[0, 0, 0]
+    assert row == exact  # the stale vector of row 0 does not win
+
+
+def test_recall_against_exact_on_clustered_data():
+    rng = np.random.default_rng(3)
+    b, n, w, h, k = 2, 20_000, 16, 4, 8
+    mem = samcpu.SparseMemory(b, n, w, num_heads=h, k=k, index="hnsw", index_options=dict(flush_rows=32))
+    centres = rng.normal(size=(30, w))
+    hits = total = 0
+    for t in range(600):
+        c = centres[rng.integers(30, size=(b, h))]
+        q, a = c + 0.3 * rng.normal(size=c.shape), c + 0.3 * rng.normal(size=c.shape)
+        res = mem.step(q, rng.uniform(1, 10, (b, h)), a, rng.uniform(0.5, 1, (b, h)), rng.uniform(size=(b, h)))
+        want = exact_rows(mem, q)
+        for i in range(b):
+            for j in range(h):
+                hits += len(set(res.rows[i, j]) & set(want[i, j]))
+                total += k
+    assert hits / total > 0.9, hits / total
+
+
+def test_rewind_and_replay_keep_index_and_memory_consistent():
+    rng = np.random.default_rng(4)
+    a = samcpu.SparseMemory(1, 80, 4, num_heads=2, k=3, index="hnsw", index_options=dict(WIDE, flush_rows=4))
+    ref = samcpu.SparseMemory(1, 80, 4, num_heads=2, k=3, index="exact")
+    steps = [random_step_inputs(rng, 1, 2, 4, None, np.float32) for _ in range(60)]
+    for x in steps:
+        a.step(*x)
+        ref.step(*x)
+    a.rewind(25)
+    ref.rewind(25)
+    assert_same(snapshot(a), snapshot(ref))
+    more = [random_step_inputs(rng, 1, 2, 4, None, np.float32) for _ in range(20)]
+    for x in more:  # a new future from step 25: same reads as the exact index
+        np.testing.assert_array_equal(a.step(*x).rows, ref.step(*x).rows)
+    a.rewind(30)
+    a.replay()
+    for x in more[:5]:
+        np.testing.assert_array_equal(a.step(*x).rows, ref.step(*x).rows)
+
+
+def test_save_load_and_reset_with_hnsw(tmp_path):
+    rng = np.random.default_rng(5)
+    a = samcpu.SparseMemory(2, 100, 4, num_heads=2, k=3, index="hnsw", index_options=WIDE)
+    for _ in range(30):
+        a.step(*random_step_inputs(rng, 2, 2, 4, None, np.float32))
+    a.save(tmp_path / "m")
+    b = samcpu.SparseMemory.load(tmp_path / "m", index="hnsw")
+    assert_same(snapshot(a), snapshot(b))
+    for _ in range(10):
+        x = random_step_inputs(rng, 2, 2, 4, None, np.float32)
+        np.testing.assert_array_equal(a.step(*x).rows, b.step(*x).rows)
+    a.reset()
+    assert len(a.index) == 0 and a.index.stats()["live"] == 0
+    fresh = samcpu.SparseMemory(2, 100, 4, num_heads=2, k=3, index="hnsw", index_options=WIDE)
+    for _ in range(10):
+        x = random_step_inputs(rng, 2, 2, 4, None, np.float32)
+        np.testing.assert_array_equal(a.step(*x).rows, fresh.step(*x).rows)
+
+
+def test_hundred_million_slots_with_hnsw_start_instantly():
+    start = time.perf_counter()
+    mem = samcpu.SparseMemory(1, 100_000_000, 32, num_heads=4, k=4, index="hnsw")
+    assert time.perf_counter() - start < 1.0
+    rng = np.random.default_rng(6)
+    res = mem.step(*random_step_inputs(rng, 1, 4, 32, None, np.float32))
+    assert res.rows.max() < 100_000_000
