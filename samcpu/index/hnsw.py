@@ -127,7 +127,11 @@ class HNSWIndex(Index):
 
     def query(self, queries, k):
         fetch = k + self.overfetch
-        cand = np.full((len(self.graphs), queries.shape[1], fetch), -1, np.int64)
+        n_batch, n_heads = queries.shape[:2]
+        cand = np.full((n_batch, n_heads, fetch), -1, np.int64)
+        rows = np.empty((n_batch, n_heads, k), np.int64)
+        sims = np.empty((n_batch, n_heads, k), np.float64)
+        w = self.written
 
         def search(b):
             g = self.graphs[b]
@@ -139,11 +143,13 @@ class HNSWIndex(Index):
                     kk //= 2
                     continue
                 cand[b, :, :kk] = g.label_row[labels.astype(np.int64)]
-                return
+                break
+            rescore_candidates(self.memory[b], cand[b], self.buf_flags[b], self.buf_rows[b],
+                               self.buf_counts[b], w.flags[b], w.hints[b], queries[b], k, EPS,
+                               rows[b], sims[b])
 
         self._each(search)
-        return rescore_candidates(self.memory, cand, self.buf_flags, self.buf_rows, self.buf_counts,
-                                  self.written.flags, self.written.hints, queries, k, EPS)
+        return rows, sims
 
     def flush(self):
         """Move every buffered row into hnswlib now."""

@@ -66,18 +66,63 @@ def scan_topk(memory, rows, start, stop, queries, qnorms, eps, out_rows, out_sim
 
     memory (N, W); rows (R,) int64; queries (H, W); qnorms (H,) float64;
     out_rows (H, k) int64, out_sims (H, k) float64, out_n (H,) int64 updated in place.
+    Each dot product is summed over j in order (the bits of :func:`cosine_similarity`); the
+    heads run side by side, which the compiler can vectorise.
     """
+    n_heads, width = queries.shape
+    qt = np.empty((width, n_heads))
+    for h in range(n_heads):
+        for j in range(width):
+            qt[j, h] = queries[h, j]
+    dots = np.empty(n_heads)
     use_list = rows.shape[0] > 0
     for i in range(start, stop):
         r = rows[i] if use_list else i
         m = memory[r]
-        mnorm = norm_eps(m, eps)
-        for h in range(queries.shape[0]):
-            q = queries[h]
+        mm = 0.0
+        dots[:] = 0.0
+        for j in range(width):
+            v = np.float64(m[j])
+            mm += v * v
+            for h in range(n_heads):
+                dots[h] += qt[j, h] * v
+        mnorm = np.sqrt(mm + eps)
+        for h in range(n_heads):
+            s = dots[h] / (qnorms[h] * mnorm)
+            out_n[h] = topk_insert(out_rows[h], out_sims[h], out_n[h], r, s)
+
+
+@nb.njit(fastmath=True, **NJIT)
+def scan_topk_fast(memory, rows, start, stop, queries, qnorms, eps, out_rows, out_sims, out_n):
+    """:func:`scan_topk` with the float64 sums reassociated so they vectorise (~5x faster).
+
+    Similarities agree with :func:`cosine_similarity` to ~1e-15, not bit for bit; identical
+    rows still score identically. Used to re-score ANN candidates, where the exact index's
+    bit-for-bit contract does not apply.
+    """
+    n_heads, width = queries.shape
+    k = out_rows.shape[1]
+    q64 = np.empty((n_heads, width))
+    for h in range(n_heads):
+        for j in range(width):
+            q64[h, j] = queries[h, j]
+    m64 = np.empty(width)
+    use_list = rows.shape[0] > 0
+    for i in range(start, stop):
+        r = rows[i] if use_list else i
+        mm = 0.0
+        for j in range(width):
+            v = np.float64(memory[r, j])
+            m64[j] = v
+            mm += v * v
+        mnorm = np.sqrt(mm + eps)
+        for h in range(n_heads):
             dot = 0.0
-            for j in range(q.shape[0]):
-                dot += np.float64(q[j]) * np.float64(m[j])
+            for j in range(width):
+                dot += q64[h, j] * m64[j]
             s = dot / (qnorms[h] * mnorm)
+            if out_n[h] == k and s < out_sims[h, k - 1]:
+                continue
             out_n[h] = topk_insert(out_rows[h], out_sims[h], out_n[h], r, s)
 
 

@@ -1,11 +1,13 @@
 """Batch-level kernels: one call applies one phase of a step, or rewinds/replays steps, for
-every batch element (parallel over the batch). They assemble the one-equation kernels of
+every batch element. The phases cost microseconds, so they run serially (a parallel region
+costs more than it saves, and OpenMP workers spinning after it slow the index threads); only
+the exact scan, whose cost grows with the rows written, is parallel. They assemble the one-equation kernels of
 ``similarity``, ``read``, ``write``, ``ring`` and ``rowset``.
 """
 import numba as nb
 import numpy as np
 
-from ..config import NJIT_PARALLEL
+from ..config import NJIT, NJIT_PARALLEL
 from .read import softmax_read
 from .ring import lra_rows, ring_touch, ring_untouch
 from .rowset import unwritten_rows
@@ -13,7 +15,7 @@ from .similarity import norm_eps, scan_topk, topk_insert
 from .write import accessed_rows, journal_save, journal_swap, sparse_write, write_rows
 
 
-@nb.njit(**NJIT_PARALLEL)
+@nb.njit(**NJIT)
 def write_phase(memory, usage, prev, nxt, ends, prev_rows, prev_weights, add, write_gate,
                 interp_gate, lra, jrows, jold, jcount):
     """Steps 1-3 for every batch element b: pick the LRA rows ``lra[b]`` (H,), journal the
@@ -21,7 +23,7 @@ def write_phase(memory, usage, prev, nxt, ends, prev_rows, prev_weights, add, wr
     contents ``jold[b]``), then erase and add. memory (B, N, W); usage, prev, nxt (B, N); ends (B, 4);
     prev_rows (B, H, K); prev_weights (B, H, K); add (B, H, W); gates (B, H).
     """
-    for b in nb.prange(memory.shape[0]):
+    for b in range(memory.shape[0]):
         lra_rows(usage[b], nxt[b], ends[b], lra.shape[1], lra[b])
         n = write_rows(lra[b], prev_rows[b], jrows[b])
         jrows[b, n:] = -1
@@ -31,19 +33,19 @@ def write_phase(memory, usage, prev, nxt, ends, prev_rows, prev_weights, add, wr
         jcount[b] = n
 
 
-@nb.njit(**NJIT_PARALLEL)
+@nb.njit(**NJIT)
 def read_phase(memory, rows, query, strength, eps, weights, reads, sims):
     """Step 4 for every batch element, given the chosen rows (B, H, K)."""
-    for b in nb.prange(memory.shape[0]):
+    for b in range(memory.shape[0]):
         softmax_read(memory[b], rows[b], query[b], strength[b], eps, weights[b], reads[b], sims[b])
 
 
-@nb.njit(**NJIT_PARALLEL)
+@nb.njit(**NJIT)
 def usage_phase(usage, prev, nxt, ends, lra, prev_rows, prev_weights, write_gate, interp_gate,
                 rows, weights, delta, t, urec, ucount):
     """Step 5 for every batch element: u(i) <- t for the rows whose write + read weight
     exceeds delta, touched in ascending order; undo records into urec (B, U, 4)."""
-    for b in nb.prange(usage.shape[0]):
+    for b in range(usage.shape[0]):
         cand = np.empty(urec.shape[1], np.int64)
         total = np.empty(urec.shape[1], np.float64)
         n = accessed_rows(lra[b], prev_rows[b], prev_weights[b], write_gate[b], interp_gate[b],
@@ -53,23 +55,23 @@ def usage_phase(usage, prev, nxt, ends, lra, prev_rows, prev_weights, write_gate
         ucount[b] = n
 
 
-@nb.njit(**NJIT_PARALLEL)
+@nb.njit(**NJIT)
 def undo_steps(memory, usage, prev, nxt, ends, jrows, jvals, jcount, urec, ucount, start, stop):
     """Undo the journal slots ``stop-1`` down to ``start`` (arrays indexed [slot, b, ...]):
     usage touches in reverse, then the memory rows swapped back. After this the journal
     values hold the rows' newer contents, ready for :func:`redo_steps`."""
-    for b in nb.prange(memory.shape[0]):
+    for b in range(memory.shape[0]):
         for s in range(stop - 1, start - 1, -1):
             for i in range(ucount[s, b] - 1, -1, -1):
                 ring_untouch(usage[b], prev[b], nxt[b], ends[b], urec[s, b, i])
             journal_swap(memory[b], jrows[s, b], jcount[s, b], jvals[s, b])
 
 
-@nb.njit(**NJIT_PARALLEL)
+@nb.njit(**NJIT)
 def redo_steps(memory, usage, prev, nxt, ends, jrows, jvals, jcount, urec, ucount, start, stop,
                first_t):
     """Redo journal slots ``start..stop-1``; slot s is step number ``first_t + s - start``."""
-    for b in nb.prange(memory.shape[0]):
+    for b in range(memory.shape[0]):
         for s in range(start, stop):
             journal_swap(memory[b], jrows[s, b], jcount[s, b], jvals[s, b])
             t = first_t + s - start
