@@ -286,7 +286,7 @@ class NaiveMemory:
             reads (B, H, W) float64, rows (B, H, K) int64,
             weights (B, H, K) float64.
         """
-        B, N, W, H, K = (self.batch_size, self.num_slots, self.word_size,
+        B, _N, W, H, K = (self.batch_size, self.num_slots, self.word_size,
                          self.num_heads, self.k)
         query = np.asarray(query, dtype=np.float64).reshape(B, H, W)
         strength = np.asarray(strength, dtype=np.float64).reshape(B, H)
