@@ -28,10 +28,10 @@ def main(argv=None):
     b, n, w, h, k = args.batch, args.slots, 32, 4, 4
     dense_gb = b * n * w * 4 / 1e9
     print(f"samcpu {samcpu.__version__}: SparseMemory B={b} N={n:,} W={w} H={h} K={k} float32, "
-          f"exact index, {args.threads} numba threads")
+          f"HNSW index, {args.threads} threads")
 
     t0 = time.perf_counter()
-    mem = samcpu.SparseMemory(b, n, w, num_heads=h, k=k, index="exact")
+    mem = samcpu.SparseMemory(b, n, w, num_heads=h, k=k)  # index="hnsw"
     print(f"created in {1e3 * (time.perf_counter() - t0):.1f} ms "
           f"(a dense copy would be {dense_gb:.1f} GB; resident now {rss_mb():.0f} MB)")
 

@@ -52,8 +52,9 @@ class SparseMemory:
         H read/write heads; each step writes to H least-recently-accessed rows.
     k : int
         K rows read per head.
-    index : {"exact", "hnsw"}
-        How reads find their K rows. ``"exact"`` scans the written rows (the oracle).
+    index : {"hnsw", "exact"}
+        How reads find their K rows. ``"hnsw"``: hnswlib plus an exact buffer of fresh rows
+        (:class:`samcpu.index.HNSWIndex`); ``"exact"``: a scan of the written rows (the oracle).
     dtype : np.float32 or np.float64
     path : str or None
         A new file to hold the memory (a sparse file: it can be larger than RAM). None: an
@@ -66,7 +67,7 @@ class SparseMemory:
         Keyword arguments for the index class (see :class:`samcpu.index.HNSWIndex`).
     """
 
-    def __init__(self, batch_size, num_slots, word_size, num_heads=1, k=8, index="exact",
+    def __init__(self, batch_size, num_slots, word_size, num_heads=1, k=8, index="hnsw",
                  dtype=np.float32, path=None, delta=DELTA, seed=0, index_options=None):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.num_slots = _positive_int("num_slots", num_slots)
@@ -239,7 +240,7 @@ class SparseMemory:
         K.undo_steps(self._memory, self._usage, self._prev, self._next, self._ends, chunk.jrows,
                      chunk.jvals, chunk.jcount, chunk.urec, chunk.ucount, s, s + 1)
         self._written.truncate(chunk.wcount[s])
-        self._index.update(chunk.jrows[s])
+        self._index.invalidate(chunk.jrows[s])
         self._journal.truncate(self._position)
 
     # ------------------------------------------------------------------ time travel
@@ -264,7 +265,7 @@ class SparseMemory:
         for chunk, start, stop in reversed(self._journal.spans(position, self._position)):
             K.undo_steps(*self._arrays(), chunk.jrows, chunk.jvals, chunk.jcount, chunk.urec,
                          chunk.ucount, start, stop)
-            self._index.update(_span_rows(chunk, start, stop))
+            self._index.invalidate(_span_rows(chunk, start, stop))
         if position < self._position:
             chunk, s = self._journal.locate(position + 1)
             self._written.truncate(chunk.wcount[s])
@@ -282,7 +283,7 @@ class SparseMemory:
                          chunk.ucount, start, stop, first)
             rows = _span_rows(chunk, start, stop)
             self._written.add(rows)
-            self._index.update(rows)
+            self._index.invalidate(rows)
             first += stop - start
         self._position = position
         self._restore_reads()
@@ -347,21 +348,31 @@ class SparseMemory:
             ring_counts=np.array(order_counts, np.int64), ring_usage=self._usage[bo, order],
             prev_rows=self._prev_rows, prev_weights=self._prev_weights,
         )
-        state = os.path.join(directory, "state.npz")
-        _atomic_write(state, lambda f: np.savez(f, **arrays))
-        with open(state, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        _atomic_write(os.path.join(directory, "state.npz"), lambda f: np.savez(f, **arrays))
+        names = ["state.npz"] + self._index.save(directory)
+        files = {name: _sha256(os.path.join(directory, name)) for name in names}
         meta = dict(format=FORMAT_VERSION, batch_size=self.batch_size, num_slots=self.num_slots,
                     word_size=self.word_size, num_heads=self.num_heads, k=self.k,
                     index=self.index_kind, dtype=self.dtype.name, delta=self.delta,
-                    seed=self.seed, position=self._position, sha256=digest)
-        _atomic_write(os.path.join(directory, "meta.json"),
-                      lambda f: f.write(json.dumps(meta, indent=1).encode()))
+                    seed=self.seed, position=self._position, files=files)
+        meta_path = os.path.join(directory, "meta.json")
+        try:
+            with open(meta_path) as f:
+                old = set(json.load(f).get("files", {}))
+        except (OSError, ValueError, AttributeError):
+            old = set()
+        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        for name in old - set(files):  # files of an older save that this one does not use
+            try:
+                os.remove(os.path.join(directory, os.path.basename(name)))
+            except FileNotFoundError:
+                pass
 
     @classmethod
-    def load(cls, directory, path=None, index=None):
+    def load(cls, directory, path=None, index=None, index_options=None):
         """Open a memory written by :meth:`save`. ``path``: a new file to back the memory
-        (None: anonymous). ``index`` overrides the saved index kind. Raises
+        (None: anonymous). ``index`` overrides the saved index kind (the index is then built
+        from the rows); ``index_options`` as in the constructor. Raises
         :class:`MemoryFileError` if the directory is missing, incomplete or corrupt."""
         directory = os.fspath(directory)
         meta_path = os.path.join(directory, "meta.json")
@@ -372,21 +383,28 @@ class SparseMemory:
         try:
             with open(meta_path) as f:
                 meta = json.load(f)
-            with open(state_path, "rb") as f:
-                blob = f.read()
         except (OSError, ValueError) as e:
             raise MemoryFileError(f"cannot read the saved memory in {directory!r}: {e}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
             raise MemoryFileError(f"{meta_path} is not a samcpu memory of format {FORMAT_VERSION}")
-        if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-            raise MemoryFileError(f"{state_path} does not match its checksum in meta.json (corrupt or changed)")
+        files = meta.get("files")
+        if not isinstance(files, dict) or "state.npz" not in files:
+            raise MemoryFileError(f"{meta_path} lists no files")
+        for name, digest in files.items():
+            p = os.path.join(directory, os.path.basename(name))
+            if not os.path.isfile(p):
+                raise MemoryFileError(f"saved memory in {directory!r} is incomplete: {p} is missing")
+            if _sha256(p) != digest:
+                raise MemoryFileError(f"{p} does not match its checksum in meta.json (corrupt or changed)")
         try:
+            kind = index or meta["index"]
             mem = cls(meta["batch_size"], meta["num_slots"], meta["word_size"], meta["num_heads"],
-                      meta["k"], index=index or meta["index"], dtype=meta["dtype"], path=path,
-                      delta=meta["delta"], seed=meta["seed"])
+                      meta["k"], index=kind, dtype=meta["dtype"], path=path,
+                      delta=meta["delta"], seed=meta["seed"], index_options=index_options)
             with np.load(state_path) as z:
-                mem._restore(meta, {name: z[name] for name in z.files})
-        except (KeyError, TypeError, ValueError) as e:
+                rows = mem._restore(meta, {name: z[name] for name in z.files})
+            mem._index.load(directory if kind == meta["index"] else None, rows)
+        except (KeyError, TypeError, ValueError, OSError, RuntimeError) as e:
             if path is not None and os.path.exists(path) and "mem" in locals():
                 os.remove(path)
             raise MemoryFileError(f"saved memory in {directory!r} is inconsistent: {e}") from None
@@ -429,12 +447,20 @@ class SparseMemory:
         for i in range(b):
             rows[i, : counts[i]] = written[woff[i]:woff[i + 1]]
         self._written.add(rows)
-        self._index.update(rows)
         self._prev_rows = z["prev_rows"].astype(np.int64)
         self._prev_weights = z["prev_weights"].astype(self.dtype)
         self._position = meta["position"]
         self._journal.clear(self._position)
         self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
+        return rows
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _span_rows(chunk, start, stop):

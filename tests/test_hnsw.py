@@ -131,3 +131,25 @@ def test_hundred_million_slots_with_hnsw_start_instantly():
     rng = np.random.default_rng(6)
     res = mem.step(*random_step_inputs(rng, 1, 4, 32, None, np.float32))
     assert res.rows.max() < 100_000_000
+
+
+def test_save_load_restores_the_graph_without_rebuilding(tmp_path):
+    rng = np.random.default_rng(7)
+    a = samcpu.SparseMemory(2, 5000, 8, num_heads=2, k=3, index="hnsw", index_options=dict(flush_rows=16))
+    for _ in range(200):
+        a.step(*random_step_inputs(rng, 2, 2, 8, None, np.float32))
+    a.save(tmp_path / "m")
+    stats = a.index.stats()
+    b = samcpu.SparseMemory.load(tmp_path / "m")
+    assert b.index_kind == "hnsw"
+    loaded = b.index.stats()
+    assert loaded["live"] == stats["live"] and loaded["deleted"] == stats["deleted"] and stats["live"] > 0
+    for _ in range(20):  # the same graph answers the same
+        x = random_step_inputs(rng, 2, 2, 8, None, np.float32)
+        np.testing.assert_array_equal(a.step(*x).rows, b.step(*x).rows)
+    c = samcpu.SparseMemory.load(tmp_path / "m", index="exact")  # built from the rows instead
+    assert c.index_kind == "exact"
+    assert_same(snapshot(c), snapshot(samcpu.SparseMemory.load(tmp_path / "m")))
+    (tmp_path / "m" / "hnsw_1.bin").write_bytes(b"garbage")
+    with pytest.raises(samcpu.MemoryFileError, match="checksum"):
+        samcpu.SparseMemory.load(tmp_path / "m")

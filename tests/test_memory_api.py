@@ -14,7 +14,7 @@ B, N, W, H, K = 2, 10, 4, 2, 3
 
 @pytest.fixture
 def mem(rng):
-    m = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, dtype=np.float64)
+    m = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, index="exact", dtype=np.float64)
     for _ in range(6):
         m.step(*random_step_inputs(rng, B, H, W, None))
     return m
@@ -131,7 +131,11 @@ def test_load_missing_or_corrupt(mem, tmp_path):
 
 
 def test_save_replaces_an_older_save_completely(mem, rng, tmp_path):
-    mem.save(tmp_path / "m")
+    h = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, index="hnsw")
+    h.step(**good(rng))
+    h.save(tmp_path / "m")
+    assert "hnsw.npz" in os.listdir(tmp_path / "m")
+    mem.save(tmp_path / "m")  # an exact-index memory over the same folder
     mem.step(*random_step_inputs(rng, B, H, W, None))
     mem.save(tmp_path / "m")
     assert samcpu.SparseMemory.load(tmp_path / "m").position == 7

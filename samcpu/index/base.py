@@ -66,6 +66,11 @@ class Index(abc.ABC):
         """Rows ``rows[b]`` (B, R) int64 changed content (written, erased, rewound or
         replayed; -1 entries are padding); their new contents are in ``memory``."""
 
+    def invalidate(self, rows):
+        """Like :meth:`update`, for rows changed by rewind or replay: the index may defer the
+        work until the next query (a backward pass rewinds many steps and queries none)."""
+        self.update(rows)
+
     @abc.abstractmethod
     def query(self, queries, k):
         """Top-k rows for queries (B, H, W): rows (B, H, k) int64, sims (B, H, k) float64,
@@ -74,6 +79,15 @@ class Index(abc.ABC):
     @abc.abstractmethod
     def reset(self):
         """Forget every row (the memory has been zeroed)."""
+
+    def save(self, directory):
+        """Write the index's own state into ``directory``; returns the file names written."""
+        return []
+
+    def load(self, directory, rows):
+        """Restore the state :meth:`save` wrote in ``directory``, or, if ``directory`` is None,
+        build the index over the written rows ``rows`` (B, R) (-1 padded)."""
+        self.update(rows)
 
     def __len__(self):
         """Rows held, summed over the batch."""

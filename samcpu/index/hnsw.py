@@ -11,6 +11,7 @@ from hnswlib and re-score every candidate exactly against the live memory. When 
 labels outnumber live ones the graph is rebuilt in bulk. Batch elements run in parallel
 threads (hnswlib releases the GIL).
 """
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import hnswlib
@@ -25,16 +26,20 @@ from .base import Index
 class _Graph:
     """One batch element's hnswlib index and its label bookkeeping."""
 
-    def __init__(self, dim, capacity, m, ef_construction, ef, seed):
-        self.params = (dim, m, ef_construction, ef, seed)
+    def __init__(self, dim, capacity, m, ef_construction, ef, seed, path=None, label_row=None):
         self.index = hnswlib.Index(space="cosine", dim=dim)
-        self.index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction,
-                              random_seed=seed)
-        self.index.set_ef(ef)
+        if path is None:
+            self.index.init_index(max_elements=capacity, M=m, ef_construction=ef_construction,
+                                  random_seed=seed)
+            label_row = np.empty(0, np.int64)
+        else:  # a saved graph and its labels
+            self.index.load_index(path, max_elements=max(capacity, len(label_row)))
+        self.index.set_ef(ef)  # set here in both cases: hnswlib does not save ef
         self.index.set_num_threads(1)
-        self.label_row = np.full(capacity, -1, np.int64)  # label -> row, -1 once deleted
-        self.next_label = 0
-        self.live = 0
+        self.next_label = len(label_row)
+        self.label_row = np.full(self.index.get_max_elements(), -1, np.int64)  # label -> row, -1 = deleted
+        self.label_row[: self.next_label] = label_row
+        self.live = int((label_row >= 0).sum())
 
     def insert(self, vectors, rows, row_label):
         """Insert ``vectors`` for ``rows`` under new labels; row_label (N,) gets label + 1."""
@@ -95,9 +100,9 @@ class HNSWIndex(Index):
         self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
         self.rebuilds = 0
 
-    def _new_graph(self, b, capacity=None):
+    def _new_graph(self, b, capacity=None, path=None, label_row=None):
         return _Graph(self.memory.shape[2], capacity or self.capacity, self.m,
-                      self.ef_construction, self.ef, self.seed + b)
+                      self.ef_construction, self.ef, self.seed + b, path, label_row)
 
     # -------------------------------------------------------------- parallel helper
     def _each(self, fn):
@@ -117,6 +122,9 @@ class HNSWIndex(Index):
         # buffer for this step's query
         if self.buf_counts.max() >= self.flush_rows:
             self._each(self._flush)
+        self.invalidate(rows)
+
+    def invalidate(self, rows):
         need = int(self.buf_counts.max()) + rows.shape[1]
         if need > self.buf_rows.shape[1]:
             grown = np.zeros((len(self.graphs), 2 * need), np.int64)
@@ -196,6 +204,47 @@ class HNSWIndex(Index):
         g.insert(np.asarray(self.memory[b, rows], np.float32), rows, self.row_label[b])
         self.graphs[b] = g
         self.rebuilds += 1
+
+    def save(self, directory):
+        """One hnswlib file per batch element plus ``hnsw.npz`` (labels, buffer)."""
+        self.flush()
+        names = []
+        for b, g in enumerate(self.graphs):
+            name = f"hnsw_{b}.bin"
+            g.index.save_index(os.path.join(directory, name))
+            names.append(name)
+        labels = [g.label_row[: g.next_label] for g in self.graphs]
+        arrays = dict(label_row=np.concatenate(labels),
+                      label_counts=np.array([len(x) for x in labels], np.int64),
+                      buffer=np.concatenate([self.buf_rows[b, : c] for b, c in enumerate(self.buf_counts)]),
+                      buffer_counts=self.buf_counts.copy())
+        np.savez(os.path.join(directory, "hnsw.npz"), **arrays)
+        return names + ["hnsw.npz"]
+
+    def load(self, directory, rows):
+        if directory is None or not os.path.isfile(os.path.join(directory, "hnsw.npz")):
+            self.update(rows)
+            return
+        n = self.memory.shape[1]
+        with np.load(os.path.join(directory, "hnsw.npz")) as z:
+            label_row, label_counts = z["label_row"], z["label_counts"]
+            buffer, buffer_counts = z["buffer"], z["buffer_counts"]
+        if label_counts.shape != (len(self.graphs),) or buffer_counts.shape != (len(self.graphs),):
+            raise ValueError("hnsw.npz does not match the batch size")
+        if label_row.size and (label_row.max() >= n or label_row.min() < -1):
+            raise ValueError("hnsw.npz holds rows outside the memory")
+        lo = np.concatenate([[0], np.cumsum(label_counts)])
+        bo = np.concatenate([[0], np.cumsum(buffer_counts)])
+        for b in range(len(self.graphs)):
+            g = self._new_graph(b, path=os.path.join(directory, f"hnsw_{b}.bin"),
+                                label_row=label_row[lo[b]:lo[b + 1]])
+            live = np.flatnonzero(g.label_row[: g.next_label] >= 0)
+            self.row_label[b, g.label_row[live]] = live + 1
+            self.graphs[b] = g
+        pad = np.full((len(self.graphs), max(1, int(buffer_counts.max(initial=0)))), -1, np.int64)
+        for b in range(len(self.graphs)):
+            pad[b, : buffer_counts[b]] = buffer[bo[b]:bo[b + 1]]
+        self.update(pad)
 
     def reset(self):
         for b, g in enumerate(self.graphs):
