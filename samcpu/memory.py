@@ -211,7 +211,7 @@ class SparseMemory:
         chunk, s = self._journal.append()
         try:
             chunk.wcount[s] = self._written.counts
-            lra = np.empty((b, h), np.int64)
+            lra = chunk.lra[s]
             K.write_phase(self._memory, self._usage, self._prev, self._next, self._ends,
                           self._prev_rows, self._prev_weights, a, alpha, gamma, lra,
                           chunk.jrows[s], chunk.jvals[s], chunk.jcount[s])
@@ -295,6 +295,22 @@ class SparseMemory:
             chunk, s = self._journal.locate(self._position)
             rows, weights = chunk.rows[s], chunk.weights[s]
         self._prev_rows, self._prev_weights = rows.copy(), weights.copy()
+
+    def step_record(self, position):
+        """What step ``position`` (1-based, journaled) used and read: a dict of arrays
+        ``lra`` (B, H) = I^U, ``prev_rows``/``prev_weights`` (B, H, K) = s, w^R at t-1,
+        ``rows``/``weights`` (B, H, K) = s, w^R at t. Views into the journal: do not modify."""
+        position = self._check_position(position)
+        if position == self._journal.base:
+            raise ValueError(f"position must be a journaled step in [{position + 1}, {self.latest}]")
+        chunk, s = self._journal.locate(position)
+        if position - 1 == self._journal.base:
+            prev_rows, prev_weights = self._base_reads
+        else:
+            c, p = self._journal.locate(position - 1)
+            prev_rows, prev_weights = c.rows[p], c.weights[p]
+        return dict(lra=chunk.lra[s], prev_rows=prev_rows, prev_weights=prev_weights,
+                    rows=chunk.rows[s], weights=chunk.weights[s])
 
     def clear_journal(self):
         """Drop the journal (keep the contents): later rewinds stop at the current position.

@@ -1,0 +1,169 @@
+"""torch modules: SparseAccess (the memory alone), SAM and DAM (LSTM controller + memory).
+
+SAM and DAM are used like ``torch.nn.LSTM``: ``y, state = model(x, state)`` with x of shape
+(T, B, input_size), or (B, T, input_size) with ``batch_first=True``.
+"""
+import sys
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import torch_bridge
+from .memory import SparseMemory
+
+
+class SparseAccess(nn.Module):
+    """Sparse Access Memory for any controller (DESIGN.md sections 1 and 4).
+
+    ``state = access.initial_state(batch_size)``, then
+    ``reads, state = access(query, strength, add, write_gate, interp_gate, state)`` with
+    query (B, H, W), strength (B, H) > 0, add (B, H, W), gates (B, H) in [0, 1]; reads
+    (B, H, W). Differentiable in all five inputs and, through the state, across time.
+    The memory is reused between episodes: ``initial_state`` resets it in O(rows touched).
+    """
+
+    def __init__(self, num_slots, word_size, num_heads=1, k=8, index="hnsw", dtype=torch.float32,
+                 path=None, index_options=None):
+        super().__init__()
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.num_slots, self.word_size, self.num_heads, self.k = num_slots, word_size, num_heads, k
+        self.index, self.dtype, self.path, self.index_options = index, dtype, path, index_options
+        # checks the arguments now rather than at the first initial_state
+        SparseMemory(1, num_slots, word_size, num_heads, k, index="exact")
+        self._handle = None
+
+    def initial_state(self, batch_size):
+        """An empty memory for a new episode, independent of earlier states.
+
+        The previous episode's memory is reset and reused (O(rows touched)) when nothing else
+        refers to it any more (no state, no autograd graph); otherwise a new one is made, so
+        an old graph can still be backpropagated."""
+        h = self._handle
+        # references: self._handle and getrefcount's argument; any more is a live state or graph
+        if h is None or h.mem.batch_size != batch_size or sys.getrefcount(h) > 2:
+            mem = SparseMemory(batch_size, self.num_slots, self.word_size, self.num_heads, self.k,
+                               index=self.index, path=self.path, index_options=self.index_options,
+                               dtype=np.float64 if self.dtype == torch.float64 else np.float32)
+            self._handle = h = torch_bridge.MemoryHandle(mem)
+        else:
+            h.mem.reset()
+            h.clear_grad()
+            h.epoch += 1
+        return torch_bridge.initial_state(h)
+
+    @property
+    def memory(self):
+        """The :class:`SparseMemory` of the current episode (None before ``initial_state``)."""
+        return None if self._handle is None else self._handle.mem
+
+    def forward(self, query, strength, add, write_gate, interp_gate, state):
+        return torch_bridge.step(state, query, strength, add, write_gate, interp_gate)
+
+
+class DenseAccessAdapter(nn.Module):
+    """The dense baseline's access (softmax over all N rows) behind SparseAccess's calls."""
+
+    def __init__(self, num_slots, word_size, num_heads=1, dtype=torch.float32):
+        super().__init__()
+        from .dense import DenseAccess
+        self.inner = DenseAccess(num_slots, word_size, num_heads, k=None, dtype=dtype)
+
+    def initial_state(self, batch_size):
+        return self.inner.initial_state(batch_size)
+
+    def forward(self, query, strength, add, write_gate, interp_gate, state):
+        return self.inner(query, strength, add, write_gate, interp_gate, state)
+
+
+class ControllerState(NamedTuple):
+    lstm: tuple  #: (h, c), each (B, hidden_size)
+    reads: torch.Tensor  #: r_{t-1} (B, H * W)
+    access: object  #: the access module's state
+
+
+class _MemoryNetwork(nn.Module):
+    """LSTM controller reading [x_t, r_{t-1}]; interface q, beta, a, alpha, gamma per head;
+    output y_t = Linear([h_t, r_t])."""
+
+    def __init__(self, access, input_size, output_size, hidden_size, word_size, num_heads,
+                 batch_first, dtype):
+        super().__init__()
+        self.access = access
+        self.batch_first = batch_first
+        self.word_size, self.num_heads = word_size, num_heads
+        self.cell = nn.LSTMCell(input_size + num_heads * word_size, hidden_size, dtype=dtype)
+        self.interface = nn.Linear(hidden_size, num_heads * (2 * word_size + 3), dtype=dtype)
+        self.output = nn.Linear(hidden_size + num_heads * word_size, output_size, dtype=dtype)
+        self.hidden_size = hidden_size
+        self.dtype = dtype
+
+    def initial_state(self, batch_size):
+        z = torch.zeros(batch_size, self.hidden_size, dtype=self.dtype)
+        reads = torch.zeros(batch_size, self.num_heads * self.word_size, dtype=self.dtype)
+        return ControllerState((z, z.clone()), reads, self.access.initial_state(batch_size))
+
+    def _interface(self, h):
+        b, n, w = h.shape[0], self.num_heads, self.word_size
+        out = self.interface(h).view(b, n, 2 * w + 3)
+        query, add = out[..., :w], out[..., w:2 * w]
+        strength = 1.0 + F.softplus(out[..., 2 * w])
+        write_gate = torch.sigmoid(out[..., 2 * w + 1])
+        interp_gate = torch.sigmoid(out[..., 2 * w + 2])
+        return query, strength, add, write_gate, interp_gate
+
+    def forward(self, x, state=None):
+        if x.dim() != 3:
+            raise ValueError(f"x must have 3 dimensions (time, batch, features), got shape {tuple(x.shape)}")
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        if state is None:
+            state = self.initial_state(x.shape[1])
+        (h, c), reads, access_state = state
+        ys = []
+        for x_t in x:
+            h, c = self.cell(torch.cat([x_t, reads], 1), (h, c))
+            r, access_state = self.access(*self._interface(h), access_state)
+            reads = r.reshape(r.shape[0], -1)
+            ys.append(self.output(torch.cat([h, reads], 1)))
+        y = torch.stack(ys)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        return y, ControllerState((h, c), reads, access_state)
+
+
+class SAM(_MemoryNetwork):
+    """Sparse Access Memory network: LSTM controller + :class:`SparseAccess`."""
+
+    def __init__(self, input_size, output_size, hidden_size=100, num_slots=1024, word_size=32,
+                 num_heads=4, k=4, index="hnsw", batch_first=False, dtype=torch.float32, path=None,
+                 index_options=None):
+        access = SparseAccess(num_slots, word_size, num_heads, k, index, dtype, path, index_options)
+        super().__init__(access, input_size, output_size, hidden_size, word_size, num_heads,
+                         batch_first, dtype)
+
+
+class DAM(_MemoryNetwork):
+    """Dense Access Memory: the same network with softmax reads over all N rows and dense
+    writes in plain torch autograd (the paper's dense baseline; cost grows with N and T)."""
+
+    def __init__(self, input_size, output_size, hidden_size=100, num_slots=64, word_size=32,
+                 num_heads=4, k=None, index=None, batch_first=False, dtype=torch.float32):
+        access = DenseAccessAdapter(num_slots, word_size, num_heads, dtype)
+        super().__init__(access, input_size, output_size, hidden_size, word_size, num_heads,
+                         batch_first, dtype)
+
+
+def detach(state):
+    """Truncated BPTT: the same state with its history cut (memory contents kept).
+
+    Works on a :class:`ControllerState` (SAM, DAM) or an access state."""
+    if isinstance(state, ControllerState):
+        (h, c), reads, access = state
+        return ControllerState((h.detach(), c.detach()), reads.detach(), detach(access))
+    if isinstance(state, torch_bridge.AccessState):
+        return torch_bridge.detach(state)
+    return type(state)(*(x.detach() if isinstance(x, torch.Tensor) else x for x in state))

@@ -1,0 +1,180 @@
+"""The torch bridge: gradients by journal rewind, whatever autograd does."""
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import samcpu
+
+B, N, W, H, K = 2, 12, 4, 2, 3
+
+
+def controls(t, generator, dtype=torch.float64, requires_grad=True):
+    shapes = [(t, B, H, W), (t, B, H), (t, B, H, W), (t, B, H), (t, B, H)]
+    return [torch.randn(s, dtype=dtype, generator=generator, requires_grad=requires_grad) for s in shapes]
+
+
+def squash(q, b, a, al, ga):
+    return q, 1 + F.softplus(b), a, torch.sigmoid(al), torch.sigmoid(ga)
+
+
+def run(access, args, state=None):
+    """All steps of ``args`` (each (T, ...)); returns stacked reads (T, B, H, W) and the state."""
+    state = access.initial_state(B) if state is None else state
+    outs = []
+    for t in range(args[0].shape[0]):
+        r, state = access(*squash(*(x[t] for x in args)), state)
+        outs.append(r)
+    return torch.stack(outs), state
+
+
+def test_gradcheck_through_eight_steps_with_recycling():
+    g = torch.Generator().manual_seed(1)
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    args = controls(8, g)  # 8 steps x 2 heads > 12 rows: the LRA recycles
+    assert torch.autograd.gradcheck(lambda *a: run(access, a)[0], args, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def grads(access, args, loss_fn):
+    for x in args:
+        x.grad = None
+    reads, state = run(access, args)
+    loss_fn(reads).backward()
+    return [x.grad.clone() if x.grad is not None else torch.zeros_like(x) for x in args], state
+
+
+def test_partial_losses_unused_steps_and_memory_restored():
+    g = torch.Generator().manual_seed(2)
+    args = controls(10, g)
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    w = torch.randn(10, B, H, W, dtype=torch.float64, generator=g)
+    full, state = grads(access, args, lambda r: (r * w).sum())
+    mem = state.handle.mem
+    latest = mem.memory.copy()
+    # a loss on step 5 only: steps 6..10 are unused, their backward never runs
+    part, state = grads(access, args, lambda r: (r[4] * w[4]).sum())
+    assert all(torch.all(p[5:] == 0) for p in part)
+    assert any(torch.any(p[:5] != 0) for p in part)
+    # the same loss through autograd on a graph cut after step 5 gives the same gradients
+    cut = [x[:5].detach().requires_grad_() for x in args]
+    reads, _ = run(access, cut)
+    (reads[4] * w[4]).sum().backward()
+    for p, c in zip(part, cut):
+        torch.testing.assert_close(p[:5], c.grad, rtol=0, atol=1e-12)
+    # after backward the memory is rewound; the next forward step replays it first
+    nxt = [x[:1].detach() for x in controls(1, g)]
+    r, state = access(*squash(*(x[0] for x in nxt)), state)
+    assert state.handle.mem.position == 11
+    reference = samcpu.SparseMemory(B, N, W, H, K, index="exact", dtype=np.float64)
+    with torch.no_grad():
+        for t in range(10):
+            reference.step(*(x.numpy() for x in squash(*(a[t].detach() for a in args))))
+    np.testing.assert_array_equal(latest, reference.memory)
+    assert full[0].abs().sum() > 0
+
+
+def test_retain_graph_twice_gives_the_same_gradients():
+    g = torch.Generator().manual_seed(3)
+    args = controls(6, g)
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    reads, _ = run(access, args)
+    loss = (reads ** 2).sum()
+    loss.backward(retain_graph=True)
+    first = [x.grad.clone() for x in args]
+    for x in args:
+        x.grad = None
+    loss.backward()
+    for a, x in zip(first, args):
+        torch.testing.assert_close(a, x.grad, rtol=0, atol=0)
+
+
+def test_state_reused_after_backward_and_failed_forward():
+    g = torch.Generator().manual_seed(4)
+    args = controls(8, g)
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    first = [x[:4] for x in args]
+    second = [x[4:] for x in args]
+    reads1, state = run(access, first)
+    reads1.sum().backward(retain_graph=True)  # the memory is rewound and replayed
+    bad = [x[0].detach().clone() for x in second]
+    bad[0][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="query contains NaN"):
+        access(*squash(*bad), state)
+    reads2, state = run(access, second, state)  # goes on from step 4 as if nothing happened
+    ref_access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    ref, _ = run(ref_access, [x.detach() for x in args])
+    torch.testing.assert_close(torch.cat([reads1, reads2]).detach(), ref, rtol=0, atol=0)
+    for x in args:
+        x.grad = None
+    (reads2 ** 2).sum().backward()  # gradients flow back into the first segment too
+    assert args[0].grad[:4].abs().sum() > 0
+
+
+def test_stale_state_is_refused():
+    g = torch.Generator().manual_seed(5)
+    args = [x.detach() for x in controls(3, g)]
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    state0 = access.initial_state(B)
+    _, state1 = access(*squash(*(x[0] for x in args)), state0)
+    with pytest.raises(RuntimeError, match="stale"):
+        access(*squash(*(x[1] for x in args)), state0)
+    access(*squash(*(x[1] for x in args)), state1)
+
+
+def test_detach_truncates_history_and_frees_the_journal():
+    g = torch.Generator().manual_seed(6)
+    args = controls(12, g)
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    reads, state = run(access, [x[:6] for x in args])
+    reads.sum().backward()
+    state = samcpu.detach(state)
+    assert state.handle.mem.journal_nbytes == 0 and state.handle.mem.position == 6
+    reads2, state = run(access, [x[6:] for x in args], state)
+    for x in args:
+        x.grad = None
+    (reads2 ** 2).sum().backward()
+    assert torch.all(args[0].grad[:6] == 0) and args[0].grad[6:].abs().sum() > 0
+    # backward through a graph whose journal was dropped explains itself
+    reads3, state = run(access, [x[:2].detach().requires_grad_() for x in args], state)
+    samcpu.detach(state)
+    with pytest.raises(RuntimeError, match="detach"):
+        reads3.sum().backward()
+
+
+@pytest.mark.parametrize("case", ["zero memory", "identical rows", "weak strength"])
+def test_degenerate_inputs_give_finite_gradients(case):
+    g = torch.Generator().manual_seed(7)
+    q, b, a, al, ga = [x.detach() for x in controls(6, g)]
+    if case == "zero memory":
+        a = torch.zeros_like(a)
+    elif case == "identical rows":
+        a = a[:1, :1, :1].expand_as(a).clone()
+        q = a.clone()
+    strength = torch.full_like(b, 1e-6) if case == "weak strength" else 1 + F.softplus(b)
+    inputs = [x.requires_grad_() for x in (q, strength, a, torch.sigmoid(al), torch.sigmoid(ga))]
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    state = access.initial_state(B)
+    outs = []
+    for t in range(6):
+        r, state = access(*(x[t] for x in inputs), state)
+        outs.append(r)
+    torch.stack(outs).pow(2).sum().backward()
+    for x in inputs:
+        assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("model_cls", [samcpu.SAM, samcpu.DAM])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_models_are_used_like_lstm(model_cls, batch_first):
+    torch.manual_seed(0)
+    kwargs = dict(num_slots=32, word_size=8, num_heads=2, batch_first=batch_first)
+    if model_cls is samcpu.SAM:
+        kwargs.update(k=3, index="exact")
+    model = model_cls(5, 3, hidden_size=16, **kwargs)
+    x = torch.randn(4, 7, 5) if batch_first else torch.randn(7, 4, 5)
+    y, state = model(x)
+    assert y.shape == ((4, 7, 3) if batch_first else (7, 4, 3))
+    y.pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    y2, state = model(x, samcpu.detach(state))  # truncated BPTT: go on from the state
+    y2.sum().backward()
