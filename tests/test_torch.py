@@ -178,3 +178,33 @@ def test_models_are_used_like_lstm(model_cls, batch_first):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     y2, state = model(x, samcpu.detach(state))  # truncated BPTT: go on from the state
     y2.sum().backward()
+
+
+@pytest.mark.parametrize("shape", [(2, 10, 4, 2, 3, 30), (1, 7, 3, 3, 2, 24), (2, 16, 5, 4, 4, 30)])
+def test_sparse_access_equals_the_dense_reference_in_outputs_and_gradients(shape):
+    """SparseAccess(exact, float64) against DenseAccess(k=K): top-K by dense similarity with the
+    tie rule, dense masked writes, plain torch autograd (DESIGN.md section 1)."""
+    from samcpu.dense import DenseAccess
+
+    b, n, w, h, k, steps = shape  # steps * h > n: the memory fills and the LRA recycles
+    g = torch.Generator().manual_seed(n)
+    shapes = [(steps, b, h, w), (steps, b, h), (steps, b, h, w), (steps, b, h), (steps, b, h)]
+    raw = [torch.randn(s, dtype=torch.float64, generator=g) for s in shapes]
+    weight = torch.randn(steps, b, h, w, dtype=torch.float64, generator=g)
+
+    def run_with(access):
+        leaves = [x.clone().requires_grad_() for x in raw]
+        state = access.initial_state(b)
+        outs = []
+        for t in range(steps):
+            r, state = access(*squash(*(x[t] for x in leaves)), state)
+            outs.append(r)
+        reads = torch.stack(outs)
+        (reads * weight).sum().backward()
+        return reads.detach(), [x.grad for x in leaves]
+
+    sparse_reads, sparse_grads = run_with(samcpu.SparseAccess(n, w, h, k, index="exact", dtype=torch.float64))
+    dense_reads, dense_grads = run_with(DenseAccess(n, w, h, k=k, dtype=torch.float64))
+    torch.testing.assert_close(sparse_reads, dense_reads, rtol=0, atol=1e-10)
+    for name, a, d in zip(["query", "strength", "add", "write_gate", "interp_gate"], sparse_grads, dense_grads):
+        torch.testing.assert_close(a, d, rtol=1e-8, atol=1e-10, msg=lambda m: f"d/d{name}: {m}")
