@@ -2,8 +2,8 @@
 
 Per step and batch element (B) it holds the distinct rows the write touched and their old
 contents (<= H(K+1) rows of W values), the usage-ring undo records (<= H(2K+1)), the rows
-and weights read (the next step's w^R_{t-1}), the LRA rows written and the written-row count
-before the step.
+and weights read (the next step's w^R_{t-1}) and the written-row count before the step. The
+first H journaled rows are the step's LRA rows I^U (distinct, journaled first).
 Steps live in fixed-size chunks, so appending never copies and memory grows per step.
 """
 import numpy as np
@@ -23,7 +23,6 @@ class Chunk:
         self.rows = np.empty((size, batch_size, num_heads, k), np.int64)
         self.weights = np.empty((size, batch_size, num_heads, k), dtype)
         self.wcount = np.empty((size, batch_size), np.int64)
-        self.lra = np.empty((size, batch_size, num_heads), np.int64)
 
     @property
     def nbytes(self):

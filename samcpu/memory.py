@@ -211,7 +211,7 @@ class SparseMemory:
         chunk, s = self._journal.append()
         try:
             chunk.wcount[s] = self._written.counts
-            lra = chunk.lra[s]
+            lra = np.empty((b, h), np.int64)
             K.write_phase(self._memory, self._usage, self._prev, self._next, self._ends,
                           self._prev_rows, self._prev_weights, a, alpha, gamma, lra,
                           chunk.jrows[s], chunk.jvals[s], chunk.jcount[s])
@@ -309,7 +309,7 @@ class SparseMemory:
         else:
             c, p = self._journal.locate(position - 1)
             prev_rows, prev_weights = c.rows[p], c.weights[p]
-        return dict(lra=chunk.lra[s], prev_rows=prev_rows, prev_weights=prev_weights,
+        return dict(lra=chunk.jrows[s, :, : self.num_heads], prev_rows=prev_rows, prev_weights=prev_weights,
                     rows=chunk.rows[s], weights=chunk.weights[s])
 
     def clear_journal(self):

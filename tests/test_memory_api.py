@@ -161,3 +161,10 @@ def test_hundred_million_slots_start_instantly_and_stay_small(rng, tmp_path):
     f.step(*random_step_inputs(rng, 1, 4, 32, None, np.float32))
     assert os.stat(tmp_path / "big.f32").st_size == 12_800_000_000
     assert os.stat(tmp_path / "big.f32").st_blocks * 512 < 10e6  # sparse on disk
+
+
+def test_journal_costs_at_most_4_kib_per_step_and_batch_element():
+    from samcpu.journal import Chunk
+
+    chunk = Chunk(256, 1, 4, 4, 32, np.float32)  # H=4, K=4, W=32: the paper's setting
+    assert chunk.nbytes / 256 <= 4096, chunk.nbytes / 256  # H(K+1)W floats alone are 2,560 B
