@@ -209,13 +209,14 @@ class SparseMemory:
             self._journal.truncate(self._position)  # a new future replaces the old one
         t = self._position + 1
         chunk, s = self._journal.append()
+        chunk.jcount[s] = 0  # nothing to undo until the write phase has journaled its rows
+        chunk.ucount[s] = 0
+        chunk.wcount[s] = self._written.counts
+        lra = np.empty((b, h), np.int64)
         try:
-            chunk.wcount[s] = self._written.counts
-            lra = np.empty((b, h), np.int64)
             K.write_phase(self._memory, self._usage, self._prev, self._next, self._ends,
                           self._prev_rows, self._prev_weights, a, alpha, gamma, lra,
                           chunk.jrows[s], chunk.jvals[s], chunk.jcount[s])
-            chunk.ucount[s] = 0
             self._written.add(chunk.jrows[s])
             self._index.update(chunk.jrows[s])
             rows, _ = self._index.query(q, self.k)
