@@ -34,8 +34,8 @@ class MemoryHandle:
         self.epoch = 0
         b, n, w = memory.batch_size, memory.num_slots, memory.word_size
         self.slot = lazy_zeros((b, n), np.int64)
-        self.store = [np.zeros((64, w)) for _ in range(b)]
-        self.owner = [np.zeros(64, np.int64) for _ in range(b)]
+        self.store = np.zeros((b, 64, w))
+        self.owner = np.zeros((b, 64), np.int64)
         self.count = np.zeros((b, 1), np.int64)
 
     def sync(self):
@@ -49,15 +49,15 @@ class MemoryHandle:
 
     def reserve(self, rows):
         """Room for ``rows`` more accumulator slots per batch element."""
-        for b in range(self.mem.batch_size):
-            need = int(self.count[b, 0]) + rows
-            if need > len(self.owner[b]):
-                cap = max(need, 2 * len(self.owner[b]))
-                store = np.zeros((cap, self.mem.word_size))
-                store[: len(self.store[b])] = self.store[b]
-                owner = np.zeros(cap, np.int64)
-                owner[: len(self.owner[b])] = self.owner[b]
-                self.store[b], self.owner[b] = store, owner
+        need = int(self.count.max()) + rows
+        b, cap, w = self.store.shape
+        if need > cap:
+            cap = max(need, 2 * cap)
+            store = np.zeros((b, cap, w))
+            store[:, : self.store.shape[1]] = self.store
+            owner = np.zeros((b, cap), np.int64)
+            owner[:, : self.owner.shape[1]] = self.owner
+            self.store, self.owner = store, owner
 
     def grad_rows(self, b):
         """(rows, dL/dM rows) currently held for batch element ``b`` (copies)."""
@@ -119,12 +119,10 @@ class SparseStep(torch.autograd.Function):
         out = [np.empty((b, h, w)), np.empty((b, h)), np.empty((b, h, w)), np.empty((b, h)),
                np.empty((b, h)), np.empty((b, h, k))]
         handle.reserve(h * (2 * k + 1))
-        for i in range(b):
-            K.step_backward(mem._memory[i], rec["rows"][i], rec["weights"][i], query[i], strength[i],
-                            g_reads[i], g_weights[i], rec["lra"][i], rec["prev_rows"][i],
-                            rec["prev_weights"][i], add[i], write_gate[i], interp_gate[i], EPS,
-                            handle.slot[i], handle.store[i], handle.owner[i], handle.count[i],
-                            *(o[i] for o in out))
+        K.batch_step_backward(mem._memory, rec["rows"], rec["weights"], query, strength, g_reads,
+                              g_weights, np.ascontiguousarray(rec["lra"]), rec["prev_rows"],
+                              rec["prev_weights"], add, write_gate, interp_gate, EPS, handle.slot,
+                              handle.store, handle.owner, handle.count, *out)
         dtype = ctx.saved_tensors[0].dtype
         grads = [torch.from_numpy(o).to(dtype) for o in out]
         if ctx.first:  # the pass is over: back to the latest step, ready to go on

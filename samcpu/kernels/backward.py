@@ -107,3 +107,18 @@ def step_backward(memory, rows, weights, query, strength, grad_reads, grad_weigh
         r = lra[h]
         if slot[r] != 0:
             store[slot[r] - 1, :] = 0.0
+
+
+@nb.njit(**NJIT)
+def batch_step_backward(memory, rows, weights, query, strength, grad_reads, grad_weights, lra,
+                        prev_rows, prev_weights, add, write_gate, interp_gate, eps,
+                        slot, store, owner, count,
+                        g_query, g_strength, g_add, g_write_gate, g_interp_gate, g_prev_weights):
+    """:func:`step_backward` for every batch element: each argument gains a leading batch axis
+    (memory (B, N, W), accumulator slot (B, N), store (B, cap, W), owner (B, cap), count (B, 1))."""
+    for b in range(memory.shape[0]):
+        step_backward(memory[b], rows[b], weights[b], query[b], strength[b], grad_reads[b],
+                      grad_weights[b], lra[b], prev_rows[b], prev_weights[b], add[b],
+                      write_gate[b], interp_gate[b], eps, slot[b], store[b], owner[b], count[b],
+                      g_query[b], g_strength[b], g_add[b], g_write_gate[b], g_interp_gate[b],
+                      g_prev_weights[b])
