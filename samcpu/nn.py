@@ -23,6 +23,8 @@ class SparseAccess(nn.Module):
     query (B, H, W), strength (B, H) > 0, add (B, H, W), gates (B, H) in [0, 1]; reads
     (B, H, W). Differentiable in all five inputs and, through the state, across time.
     The memory is reused between episodes: ``initial_state`` resets it in O(rows touched).
+    ``path``: a file name prefix for file-backed memories (scratch files ``path.0``,
+    ``path.1``, ... one per memory made; None: anonymous memory).
     """
 
     def __init__(self, num_slots, word_size, num_heads=1, k=8, index="hnsw", dtype=torch.float32,
@@ -34,30 +36,40 @@ class SparseAccess(nn.Module):
         self.index, self.dtype, self.path, self.index_options = index, dtype, path, index_options
         # checks the arguments now rather than at the first initial_state
         SparseMemory(1, num_slots, word_size, num_heads, k, index="exact")
+        self._pool = []  # memories of earlier episodes, reused once nothing refers to them
+        self._made = 0
         self._handle = None
+
+    pool_size = 3
 
     def initial_state(self, batch_size):
         """An empty memory for a new episode, independent of earlier states.
 
-        The previous episode's memory is reset and reused (O(rows touched)) when nothing else
+        A memory of an earlier episode is reset and reused (O(rows touched)) once nothing
         refers to it any more (no state, no autograd graph); otherwise a new one is made, so
-        an old graph can still be backpropagated."""
-        h = self._handle
-        # references: self._handle and getrefcount's argument; any more is a live state or graph
-        if h is None or h.mem.batch_size != batch_size or sys.getrefcount(h) > 2:
-            mem = SparseMemory(batch_size, self.num_slots, self.word_size, self.num_heads, self.k,
-                               index=self.index, path=self.path, index_options=self.index_options,
-                               dtype=np.float64 if self.dtype == torch.float64 else np.float32)
-            self._handle = h = torch_bridge.MemoryHandle(mem)
+        an old graph can still be backpropagated. In a training loop two memories alternate."""
+        for h in self._pool:
+            # references: the pool, the loop variable and getrefcount's argument
+            if h.mem.batch_size == batch_size and sys.getrefcount(h) <= 3:
+                h.mem.reset()
+                h.clear_grad()
+                h.epoch += 1
+                break
         else:
-            h.mem.reset()
-            h.clear_grad()
-            h.epoch += 1
-        return torch_bridge.initial_state(h)
+            mem = SparseMemory(batch_size, self.num_slots, self.word_size, self.num_heads, self.k,
+                               index=self.index, path=None if self.path is None else f"{self.path}.{self._made}",
+                               index_options=self.index_options,
+                               dtype=np.float64 if self.dtype == torch.float64 else np.float32)
+            self._made += 1
+            h = torch_bridge.MemoryHandle(mem)
+            self._pool = [h] + self._pool[: self.pool_size - 1]
+        self._handle = h
+        state = torch_bridge.initial_state(h)
+        return state
 
     @property
     def memory(self):
-        """The :class:`SparseMemory` of the current episode (None before ``initial_state``)."""
+        """The :class:`SparseMemory` of the latest episode (None before ``initial_state``)."""
         return None if self._handle is None else self._handle.mem
 
     def forward(self, query, strength, add, write_gate, interp_gate, state):
