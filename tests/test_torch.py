@@ -208,3 +208,17 @@ def test_sparse_access_equals_the_dense_reference_in_outputs_and_gradients(shape
     torch.testing.assert_close(sparse_reads, dense_reads, rtol=0, atol=1e-10)
     for name, a, d in zip(["query", "strength", "add", "write_gate", "interp_gate"], sparse_grads, dense_grads):
         torch.testing.assert_close(a, d, rtol=1e-8, atol=1e-10, msg=lambda m: f"d/d{name}: {m}")
+
+
+def test_memories_are_reused_across_episodes_once_unreferenced():
+    access = samcpu.SparseAccess(100, 4, 2, 3, index="exact", dtype=torch.float64)
+    ones, half = torch.ones(2, 2, dtype=torch.float64), torch.full((2, 2), 0.5, dtype=torch.float64)
+    seen, state = [], None
+    for _ in range(6):  # a training loop: the previous state is alive while the next starts
+        state = access.initial_state(2)
+        seen.append(id(state.handle))
+        q = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+        r, state = access(q, ones, q, half, half, state)
+        assert state.handle.mem.position == 1  # a fresh (reset) memory every episode
+        r.sum().backward()
+    assert len(set(seen)) == 2
