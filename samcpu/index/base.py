@@ -10,20 +10,17 @@ import abc
 import numpy as np
 
 from .._storage import lazy_zeros
-from ..kernels import rowset_add, rowset_truncate
+from ..kernels import batch_rowset_add, batch_rowset_truncate
 
 
-class WrittenRows:
-    """Per batch element, the rows that may be non-zero (written since the last reset).
+class RowSet:
+    """Per batch element, a set of rows: flags (B, N) uint8 lazily mapped, members (B, cap)
+    int64 in insertion order, counts (B,) int64, hints (B, 1) int64 (a row below which all
+    rows are members, for finding non-members). Adding and truncating cost O(rows involved)."""
 
-    flags (B, N) uint8 lazily mapped; members (B, cap) int64 in insertion order;
-    counts (B,) int64; hints (B, 1) int64. Only grows between resets, so rewinding
-    truncates it to an earlier count.
-    """
-
-    def __init__(self, batch_size, num_slots):
+    def __init__(self, batch_size, num_slots, capacity=64):
         self.flags = lazy_zeros((batch_size, num_slots), np.uint8)
-        self.members = np.zeros((batch_size, 64), np.int64)
+        self.members = np.zeros((batch_size, capacity), np.int64)
         self.counts = np.zeros(batch_size, np.int64)
         self.hints = np.zeros((batch_size, 1), np.int64)
 
@@ -35,13 +32,11 @@ class WrittenRows:
             grown = np.zeros((self.members.shape[0], max(need, 2 * self.members.shape[1])), np.int64)
             grown[:, : self.members.shape[1]] = self.members
             self.members = grown
-        for b in range(len(self.counts)):
-            self.counts[b] = rowset_add(self.flags[b], self.members[b], self.counts[b], rows[b])
+        batch_rowset_add(self.flags, self.members, self.counts, rows)
 
     def truncate(self, counts):
         """Forget the members added after the first ``counts[b]`` (B,)."""
-        for b in range(len(self.counts)):
-            self.counts[b] = rowset_truncate(self.flags[b], self.members[b], self.counts[b], counts[b], self.hints[b])
+        batch_rowset_truncate(self.flags, self.members, self.counts, np.asarray(counts, np.int64), self.hints)
 
     def rows(self, b):
         """The members of batch element ``b`` (a copy), in insertion order."""
@@ -49,6 +44,11 @@ class WrittenRows:
 
     def __len__(self):
         return int(self.counts.sum())
+
+
+class WrittenRows(RowSet):
+    """Per batch element, the rows that may be non-zero (written since the last reset). It
+    only grows between resets, so rewinding truncates it to an earlier count."""
 
 
 class Index(abc.ABC):

@@ -20,7 +20,7 @@ import numpy as np
 from .._storage import lazy_zeros
 from ..config import EPS
 from ..kernels import rescore_candidates, rowset_add, rowset_clear
-from .base import Index
+from .base import Index, RowSet
 
 
 class _Graph:
@@ -92,9 +92,7 @@ class HNSWIndex(Index):
         self.seed, self.capacity = seed, capacity
         b, n, _ = memory.shape
         self.row_label = lazy_zeros((b, n), np.int64)  # label + 1 of a row's live label
-        self.buf_flags = lazy_zeros((b, n), np.uint8)
-        self.buf_rows = np.zeros((b, 2 * flush_rows), np.int64)
-        self.buf_counts = np.zeros(b, np.int64)
+        self.buffer = RowSet(b, n, capacity=2 * flush_rows)  # rows scanned exactly by every query
         self.graphs = [self._new_graph(i) for i in range(b)]
         self.num_threads = max(1, min(num_threads, b))
         self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
@@ -120,18 +118,12 @@ class HNSWIndex(Index):
     def update(self, rows):
         # flush what earlier calls buffered, so the rows of this step stay in the exact
         # buffer for this step's query
-        if self.buf_counts.max() >= self.flush_rows:
+        if self.buffer.counts.max() >= self.flush_rows:
             self._each(self._flush)
         self.invalidate(rows)
 
     def invalidate(self, rows):
-        need = int(self.buf_counts.max()) + rows.shape[1]
-        if need > self.buf_rows.shape[1]:
-            grown = np.zeros((len(self.graphs), 2 * need), np.int64)
-            grown[:, : self.buf_rows.shape[1]] = self.buf_rows
-            self.buf_rows = grown
-        for b in range(len(self.graphs)):
-            self.buf_counts[b] = rowset_add(self.buf_flags[b], self.buf_rows[b], self.buf_counts[b], rows[b])
+        self.buffer.add(rows)
 
     def query(self, queries, k):
         fetch = k + self.overfetch
@@ -152,8 +144,9 @@ class HNSWIndex(Index):
                     continue
                 cand[b, :, :kk] = g.label_row[labels.astype(np.int64)]
                 break
-            rescore_candidates(self.memory[b], cand[b], self.buf_flags[b], self.buf_rows[b],
-                               self.buf_counts[b], w.flags[b], w.hints[b], queries[b], k, EPS,
+            buf = self.buffer
+            rescore_candidates(self.memory[b], cand[b], buf.flags[b], buf.members[b],
+                               buf.counts[b], w.flags[b], w.hints[b], queries[b], k, EPS,
                                rows[b], sims[b])
 
         self._each(search)
@@ -167,10 +160,11 @@ class HNSWIndex(Index):
         """Index the buffered rows of batch element b: insert new and much-changed rows under
         new labels, delete the labels of changed and zeroed rows; zero rows stay buffered."""
         g = self.graphs[b]
-        count = self.buf_counts[b]
+        buf = self.buffer
+        count = buf.counts[b]
         if count == 0:
             return
-        rows = self.buf_rows[b, :count].copy()
+        rows = buf.members[b, :count].copy()
         vals = np.asarray(self.memory[b, rows], np.float32)
         norms = np.sqrt((vals.astype(np.float64) ** 2).sum(1))
         nonzero = norms > 0
@@ -188,9 +182,9 @@ class HNSWIndex(Index):
         g.delete(labels[delete])
         self.row_label[b, rows[delete]] = 0
         g.insert(vals[insert], rows[insert], self.row_label[b])
-        rowset_clear(self.buf_flags[b], self.buf_rows[b], count)
+        rowset_clear(buf.flags[b], buf.members[b], count)
         zero = rows[~nonzero]  # written rows that are zero stay in the exact buffer
-        self.buf_counts[b] = rowset_add(self.buf_flags[b], self.buf_rows[b], 0, zero)
+        buf.counts[b] = rowset_add(buf.flags[b], buf.members[b], 0, zero)
         if g.deleted > max(g.live, 4 * self.flush_rows):
             self._rebuild(b)
 
@@ -216,8 +210,8 @@ class HNSWIndex(Index):
         labels = [g.label_row[: g.next_label] for g in self.graphs]
         arrays = dict(label_row=np.concatenate(labels),
                       label_counts=np.array([len(x) for x in labels], np.int64),
-                      buffer=np.concatenate([self.buf_rows[b, : c] for b, c in enumerate(self.buf_counts)]),
-                      buffer_counts=self.buf_counts.copy())
+                      buffer=np.concatenate([self.buffer.rows(b) for b in range(len(self.graphs))]),
+                      buffer_counts=self.buffer.counts.copy())
         np.savez(os.path.join(directory, "hnsw.npz"), **arrays)
         return names + ["hnsw.npz"]
 
@@ -250,13 +244,14 @@ class HNSWIndex(Index):
         for b, g in enumerate(self.graphs):
             rows = g.label_row[: g.next_label]
             self.row_label[b, rows[rows >= 0]] = 0
-            self.buf_counts[b] = rowset_clear(self.buf_flags[b], self.buf_rows[b], self.buf_counts[b])
+            buf = self.buffer
+            buf.counts[b] = rowset_clear(buf.flags[b], buf.members[b], buf.counts[b])
             self.graphs[b] = self._new_graph(b)
 
     def __len__(self):
-        return sum(g.live for g in self.graphs) + int(self.buf_counts.sum())
+        return sum(g.live for g in self.graphs) + len(self.buffer)
 
     def stats(self):
         """Live labels, deleted labels, buffered rows and rebuilds, summed over the batch."""
         return dict(live=sum(g.live for g in self.graphs), deleted=sum(g.deleted for g in self.graphs),
-                    buffered=int(self.buf_counts.sum()), rebuilds=self.rebuilds)
+                    buffered=len(self.buffer), rebuilds=self.rebuilds)

@@ -61,3 +61,18 @@ def rowset_clear(flags, rows, count):
     for i in range(count):
         flags[rows[i]] = 0
     return 0
+
+
+@nb.njit(**NJIT)
+def batch_rowset_add(flags, members, counts, new_rows):
+    """:func:`rowset_add` for every batch element: flags (B, N), members (B, cap),
+    counts (B,) updated in place, new_rows (B, R) with -1 padding."""
+    for b in range(flags.shape[0]):
+        counts[b] = rowset_add(flags[b], members[b], counts[b], new_rows[b])
+
+
+@nb.njit(**NJIT)
+def batch_rowset_truncate(flags, members, counts, new_counts, hints):
+    """:func:`rowset_truncate` for every batch element (hints (B, 1))."""
+    for b in range(flags.shape[0]):
+        counts[b] = rowset_truncate(flags[b], members[b], counts[b], new_counts[b], hints[b])
