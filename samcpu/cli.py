@@ -1,0 +1,50 @@
+"""The `samcpu` command: `samcpu train`, `samcpu bench`, `samcpu info`."""
+import argparse
+import sys
+
+
+def info(args):
+    import numba
+    import numpy as np
+    import torch
+
+    import samcpu
+
+    try:
+        import hnswlib
+        hnsw = getattr(hnswlib, "__version__", "installed")
+    except ImportError:  # pragma: no cover - a dependency
+        hnsw = "missing"
+    # a tiny parallel call so numba reports the threading layer it picked
+    samcpu.kernels.cosine_topk(np.zeros((2, 2)), np.ones((1, 2)), 1, 1e-6, 1)
+    rows = [("samcpu", samcpu.__version__), ("python", sys.version.split()[0]),
+            ("numpy", np.__version__), ("numba", numba.__version__),
+            ("numba threading layer", numba.threading_layer()),
+            ("numba threads", f"{numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}"),
+            ("torch", torch.__version__), ("torch threads", str(torch.get_num_threads())),
+            ("hnswlib", hnsw)]
+    for k, v in rows:
+        print(f"{k:22s} {v}")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="samcpu", description="Sparse Access Memory on CPU")
+    sub = p.add_subparsers(dest="command", required=True)
+    from .train import add_arguments, train
+
+    t = sub.add_parser("train", help="train SAM or DAM on copy, recall or sort")
+    add_arguments(t)
+    sub.add_parser("info", help="versions and threads")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "train":
+            return train(args)
+        return info(args)
+    except ValueError as e:
+        print(f"samcpu {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
