@@ -8,6 +8,7 @@ a run exactly where its checkpoint left it (model, optimiser, curriculum, random
 """
 import csv
 import os
+import signal
 import tempfile
 import time
 
@@ -137,9 +138,16 @@ def train(args):
     bar = tqdm(total=args.steps, initial=episode, disable=args.quiet, dynamic_ncols=True,
                desc=f"{args.model} {args.task} N={args.slots:,}")
     start = time.perf_counter()
-    interrupted = False
+    interrupted = []
+
+    def on_sigint(signum, frame):  # finish the episode, then save; a second Ctrl-C stops at once
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        while episode < args.steps:
+        while episode < args.steps and not interrupted:
             level = curriculum.sample_level(levels)
             batch = task.sample(args.batch, level)
             t0 = time.perf_counter()
@@ -164,8 +172,9 @@ def train(args):
             if args.minutes and time.perf_counter() - start > 60 * args.minutes:
                 break
     except KeyboardInterrupt:
-        interrupted = True
+        pass
     finally:
+        signal.signal(signal.SIGINT, previous)
         bar.close()
         out.close()
     checkpoint()

@@ -51,3 +51,25 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "numba threading layer" in out and "torch threads" in out
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "samcpu", "train", "--steps", "100000", "--out", str(out),
+                             *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 5:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stdout
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["episode"] == len(rows(out / "metrics.csv")) >= 5
