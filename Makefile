@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samcpu-installed
 export NUMBA_NUM_THREADS ?= 2
 
-.PHONY: test demo bench clean
+.PHONY: test demo tour bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml | $(PY)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# about 3 minutes: SAM with a 1M-slot memory learns copy with the curriculum
 demo: $(STAMP)
+	$(PY) -m samcpu train --task copy --model sam --slots 1000000 --minutes 3 --steps 1000000 --out runs/demo
+
+# the NumPy-level tour: a 10M-slot SparseMemory stepped, rewound, replayed and reset
+tour: $(STAMP)
 	$(PY) -m samcpu.demo
 
 bench: $(STAMP)
