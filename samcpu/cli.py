@@ -35,11 +35,18 @@ def main(argv=None):
 
     t = sub.add_parser("train", help="train SAM or DAM on copy, recall or sort")
     add_arguments(t)
+    from .bench import add_arguments as bench_arguments
+    from .bench import scaling
+
+    b = sub.add_parser("bench", help="benchmarks: `samcpu bench scaling` (the paper's Figure 1)")
+    bench_arguments(b)
     sub.add_parser("info", help="versions and threads")
     args = p.parse_args(argv)
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "bench":
+            return scaling(args)
         return info(args)
     except ValueError as e:
         print(f"samcpu {args.command}: error: {e}", file=sys.stderr)

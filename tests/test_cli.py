@@ -73,3 +73,19 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
     assert "interrupted" in stdout
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["episode"] == len(rows(out / "metrics.csv")) >= 5
+
+
+def test_bench_scaling_writes_json_png_and_fitted_ratios(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench"
+    assert main(["bench", "scaling", "--slots", "100", "300", "1000", "--dam-max", "300", "--steps", "2",
+                 "--repeats", "1", "--memory-steps", "3", "--out", str(out)]) == 0
+    res = json.loads((out / "scaling.json").read_text())
+    assert [r["n"] for r in res["sam"]] == [100, 300, 1000]
+    assert "skipped" in res["dam"][2] and "dam_fit_ms_per_step" in res
+    assert res["sam"][2]["dam_over_sam_ms_per_step_fitted"] is True
+    assert res["sam"][0]["dam_over_sam_ms_per_step_fitted"] is False
+    assert all(r["peak_mib"] is not None for r in res["sam"])
+    assert (out / "scaling.png").stat().st_size > 1000
+    assert "x*" in capsys.readouterr().out  # the fitted ratio is marked

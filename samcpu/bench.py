@@ -1,0 +1,176 @@
+"""`samcpu bench scaling`: the paper's Figure 1 on this machine.
+
+Time of one forward + backward training step (B=8, W=32, H=4, K=4, LSTM 100) and peak training
+memory (B=1, T=100 steps of BPTT) against the memory size N, for SAM and for the dense DAM,
+in one run. DAM is measured while it fits the time and memory budgets; beyond, a straight line
+fitted in log-log space to its measured points is drawn dashed and labelled "fitted". Peak
+memory is measured in a fresh worker process per configuration (Linux VmHWM after a reset).
+Writes ``scaling.json`` and ``scaling.png`` into ``--out``.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .nn import DAM, SAM
+
+IO, HIDDEN, W, H, K = 8, 100, 32, 4, 4
+
+
+def build(kind, n):
+    torch.manual_seed(0)
+    if kind == "sam":
+        return SAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H, k=K)
+    return DAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H)
+
+
+def train_sequence(model, opt, steps, batch, gen):
+    """One fresh-state training sequence; returns its wall seconds."""
+    x = torch.bernoulli(torch.full((steps, batch, IO), 0.5), generator=gen)
+    target = torch.bernoulli(torch.full((steps, batch, IO), 0.5), generator=gen)
+    t0 = time.perf_counter()
+    y, _ = model(x)
+    F.binary_cross_entropy_with_logits(y, target).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def step_time(kind, n, batch, steps, repeats):
+    """Median seconds per training step (sequences of ``steps`` steps, after one warm-up)."""
+    model = build(kind, n)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    train_sequence(model, opt, steps, batch, gen)
+    return float(np.median([train_sequence(model, opt, steps, batch, gen) for _ in range(repeats)]) / steps)
+
+
+def _vm_hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def peak_memory_worker(kind, n, steps):
+    """In a fresh process: bytes of peak RSS a training pass of ``steps`` steps adds (B=1)."""
+    model = build(kind, n)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    train_sequence(model, opt, 2, 1, gen)  # compile, allocate the optimiser state
+    with open("/proc/self/status") as f:
+        base = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    train_sequence(model, opt, steps, 1, gen)
+    return _vm_hwm() - base
+
+
+def peak_memory(kind, n, steps, timeout):
+    cmd = [sys.executable, "-m", "samcpu.bench", "--worker", kind, str(n), str(steps)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return None
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def fit_loglog(ns, values):
+    """(slope, intercept) of log(value) = slope log(N) + intercept."""
+    return tuple(np.polyfit(np.log(ns), np.log(values), 1))
+
+
+def scaling(args):
+    torch.set_num_threads(args.torch_threads)
+    slots = [int(float(s)) for s in args.slots]
+    res = dict(settings=dict(batch=args.batch, steps=args.steps, word_size=W, heads=H, k=K, hidden=HIDDEN,
+                             memory_batch=1, memory_steps=args.memory_steps), sam=[], dam=[])
+    for kind in ("sam", "dam"):
+        for n in slots:
+            row = dict(n=n)
+            if kind == "dam" and n > args.dam_max:
+                row["skipped"] = f"N > --dam-max {args.dam_max}"
+            else:
+                row["ms_per_step"] = 1e3 * step_time(kind, n, args.batch, args.steps, args.repeats)
+                peak = peak_memory(kind, n, args.memory_steps, args.timeout)
+                row["peak_mib"] = None if peak is None else peak / 2**20
+            res[kind].append(row)
+            print(f"{kind.upper()} N={n:>10,}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                          for k, v in row.items() if k != "n"), flush=True)
+    measured = [r for r in res["dam"] if "ms_per_step" in r]
+    if len(measured) >= 2:
+        for key in ("ms_per_step", "peak_mib"):
+            pts = [(r["n"], r[key]) for r in measured if r.get(key)]
+            if len(pts) >= 2:
+                res[f"dam_fit_{key}"] = fit_loglog(*zip(*pts))
+    print("\nSAM / DAM (DAM measured where it ran, from the fitted line beyond, marked *):")
+    for s, d in zip(res["sam"], res["dam"]):
+        parts = []
+        for key, label in (("ms_per_step", "time"), ("peak_mib", "memory")):
+            if d.get(key):
+                ratio, mark = d[key] / s[key], ""
+            elif f"dam_fit_{key}" in res and s.get(key):
+                a, b = res[f"dam_fit_{key}"]
+                ratio, mark = np.exp(b) * s["n"] ** a / s[key], "*"
+            else:
+                continue
+            parts.append(f"{label} {ratio:,.0f}x{mark}")
+            s[f"dam_over_sam_{key}"] = ratio
+            s[f"dam_over_sam_{key}_fitted"] = bool(mark)
+        print(f"  N={s['n']:>10,}: " + "; ".join(parts))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "scaling.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    plot(res, os.path.join(args.out, "scaling.png"))
+    print(f"wrote {args.out}/scaling.json and scaling.png")
+    return 0
+
+
+def plot(res, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "ms_per_step", "forward + backward ms per step (B=8)"),
+                           (axes[1], "peak_mib", "peak training memory, MiB (B=1, T=%d)" % res["settings"]["memory_steps"])):
+        for kind, colour in (("sam", "tab:blue"), ("dam", "tab:red")):
+            pts = [(r["n"], r[key]) for r in res[kind] if r.get(key)]
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=colour, label=kind.upper())
+        fit = res.get(f"dam_fit_{key}")
+        if fit:
+            ns = np.array([r["n"] for r in res["sam"]], float)
+            ax.plot(ns, np.exp(fit[1]) * ns ** fit[0], "--", color="tab:red", alpha=0.6, label="DAM fitted")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("memory slots N")
+        ax.set_title(label, fontsize=10)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def add_arguments(p):
+    p.add_argument("what", choices=["scaling"])
+    p.add_argument("--slots", nargs="+", default=["1e3", "1e4", "1e5", "1e6", "1e7"])
+    p.add_argument("--dam-max", type=lambda s: int(float(s)), default=65_536,
+                   help="largest N at which DAM is run")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20, help="steps per timed sequence")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory-steps", type=int, default=100)
+    p.add_argument("--timeout", type=float, default=600, help="seconds per memory worker")
+    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--out", default="runs/bench")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        torch.set_num_threads(1)
+        print(peak_memory_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
