@@ -18,7 +18,7 @@ class Chunk:
         self.jrows = np.empty((size, batch_size, d), np.int64)
         self.jvals = np.empty((size, batch_size, d, word_size), dtype)
         self.jcount = np.zeros((size, batch_size), np.int64)
-        self.urec = np.empty((size, batch_size, u, 4), np.int64)
+        self.urec = np.empty((size, batch_size, u, 3), np.int32)  # (row, old u, old prev)
         self.ucount = np.zeros((size, batch_size), np.int64)
         self.rows = np.empty((size, batch_size, num_heads, k), np.int64)
         self.weights = np.empty((size, batch_size, num_heads, k), dtype)

@@ -19,6 +19,10 @@ from .index import INDEXES, WrittenRows
 from .journal import Journal
 
 FORMAT_VERSION = 1
+#: the journal's usage-undo records are int32 (row, old step, old link = row + 1), so rows and
+#: steps since the last reset stay below 2**31
+MAX_SLOTS = 2**31 - 2
+MAX_STEPS = 2**31 - 1
 
 
 class MemoryFileError(ValueError):
@@ -71,6 +75,8 @@ class SparseMemory:
                  dtype=np.float32, path=None, delta=DELTA, seed=0, index_options=None):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.num_slots = _positive_int("num_slots", num_slots)
+        if self.num_slots > MAX_SLOTS:
+            raise ValueError(f"num_slots must be <= {MAX_SLOTS:,d} (2**31 - 2), got {self.num_slots:,d}")
         self.word_size = _positive_int("word_size", word_size)
         self.num_heads = _positive_int("num_heads", num_heads)
         self.k = _positive_int("k", k)
@@ -205,6 +211,9 @@ class SparseMemory:
             if not ((g >= 0) & (g <= 1)).all():
                 raise ValueError(f"{name} must lie in [0, 1], got values in [{g.min()}, {g.max()}]")
 
+        if self._position >= MAX_STEPS:
+            raise ValueError(f"this memory has applied {self._position:,d} steps since its last reset, "
+                             f"the most it can journal (2**31 - 1); call reset() for a new episode")
         if self._position < self._journal.latest:
             self._journal.truncate(self._position)  # a new future replaces the old one
         t = self._position + 1

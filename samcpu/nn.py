@@ -9,7 +9,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from . import torch_bridge
 from .memory import SparseMemory
@@ -75,6 +74,13 @@ class SparseAccess(nn.Module):
     def forward(self, query, strength, add, write_gate, interp_gate, state):
         return torch_bridge.step(state, query, strength, add, write_gate, interp_gate)
 
+    def step_interface(self, interface, state):
+        """The same step from a controller's raw interface (B, H, 2W+3), per head
+        [q, a, beta^, alpha^, gamma^] with strength 1 + softplus(beta^) and gates sigmoid(.),
+        as one autograd node (see :func:`samcpu.torch_bridge.split_interface`).
+        Returns (reads (B, H*W), state)."""
+        return torch_bridge.step_interface(state, interface)
+
 
 class DenseAccessAdapter(nn.Module):
     """The dense baseline's access (softmax over all N rows) behind SparseAccess's calls."""
@@ -119,13 +125,14 @@ class _MemoryNetwork(nn.Module):
         return ControllerState((z, z.clone()), reads, self.access.initial_state(batch_size))
 
     def _interface(self, h):
-        b, n, w = h.shape[0], self.num_heads, self.word_size
-        out = self.interface(h).view(b, n, 2 * w + 3)
-        query, add = out[..., :w], out[..., w:2 * w]
-        strength = 1.0 + F.softplus(out[..., 2 * w])
-        write_gate = torch.sigmoid(out[..., 2 * w + 1])
-        interp_gate = torch.sigmoid(out[..., 2 * w + 2])
-        return query, strength, add, write_gate, interp_gate
+        """The raw interface (B, H, 2W+3): per head [q, a, beta^, alpha^, gamma^]."""
+        return self.interface(h).view(h.shape[0], self.num_heads, 2 * self.word_size + 3)
+
+    def _access_step(self, h, state):
+        """Read the memory from the controller's output h: (reads (B, H*W), access state)."""
+        parts = torch_bridge.split_interface(self._interface(h), self.word_size)
+        r, state = self.access(*parts, state)
+        return r.reshape(r.shape[0], -1), state
 
     def forward(self, x, state=None):
         if x.dim() != 3:
@@ -138,8 +145,7 @@ class _MemoryNetwork(nn.Module):
         ys = []
         for x_t in x:
             h, c = self.cell(torch.cat([x_t, reads], 1), (h, c))
-            r, access_state = self.access(*self._interface(h), access_state)
-            reads = r.reshape(r.shape[0], -1)
+            reads, access_state = self._access_step(h, access_state)
             ys.append(self.output(torch.cat([h, reads], 1)))
         y = torch.stack(ys)
         if self.batch_first:
@@ -156,6 +162,10 @@ class SAM(_MemoryNetwork):
         access = SparseAccess(num_slots, word_size, num_heads, k, index, dtype, path, index_options)
         super().__init__(access, input_size, output_size, hidden_size, word_size, num_heads,
                          batch_first, dtype)
+
+    def _access_step(self, h, state):
+        # fused: one autograd node per step for the interface nonlinearities and the access
+        return self.access.step_interface(self._interface(h), state)
 
 
 class DAM(_MemoryNetwork):

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from . import kernels as K
 from ._storage import lazy_zeros
@@ -75,59 +76,113 @@ class AccessState(NamedTuple):
     epoch: int  #: the handle's episode when this state was made
 
 
+def _forward(ctx, handle, position, token, query, strength, add, write_gate, interp_gate):
+    """The memory step of both Functions: sync, check the state, step, fill ``ctx``."""
+    mem = handle.mem
+    handle.sync()
+    if mem.position != position:
+        raise RuntimeError(f"this state is stale: it was made at step {position} but the memory "
+                           f"is at step {mem.position}; continue from the latest state")
+    res = mem.step(*(x.detach().cpu().numpy() for x in (query, strength, add, write_gate, interp_gate)))
+    ctx.handle = handle
+    ctx.position = mem.position
+    ctx.first = not token.requires_grad  # the first step of this graph: backward ends here
+    ctx.epoch = handle.epoch
+    ctx.set_materialize_grads(False)
+    return res
+
+
+def _backward(ctx, query, strength, add, write_gate, interp_gate, g_reads, g_weights, g_token):
+    """Rewind to the step, add its read and write gradients to the accumulator; returns the
+    gradients (query, strength, add, write_gate, interp_gate, prev_weights) as float64 arrays."""
+    handle, t = ctx.handle, ctx.position
+    mem = handle.mem
+    if handle.epoch != ctx.epoch:
+        raise RuntimeError("backward through a memory that has been reset since this step")
+    if g_token is None:  # no later step contributed: a backward pass starts here
+        handle.clear_grad()
+    try:
+        mem.rewind(t)
+        rec = mem.step_record(t)
+    except ValueError as e:
+        raise RuntimeError(f"cannot rewind to step {t} for backward ({e}); was "
+                           "samcpu.detach(state) called before backward?") from None
+    b, h, w = query.shape
+    k = rec["rows"].shape[2]
+    g_reads = np.zeros((b, h, w)) if g_reads is None else g_reads.detach().cpu().numpy().reshape(b, h, w)
+    g_weights = np.zeros((b, h, k)) if g_weights is None else g_weights.detach().cpu().numpy()
+    out = [np.empty((b, h, w)), np.empty((b, h)), np.empty((b, h, w)), np.empty((b, h)),
+           np.empty((b, h)), np.empty((b, h, k))]
+    handle.reserve(h * (2 * k + 1))
+    K.batch_step_backward(mem._memory, rec["rows"], rec["weights"], query, strength, g_reads,
+                          g_weights, np.ascontiguousarray(rec["lra"]), rec["prev_rows"],
+                          rec["prev_weights"], add, write_gate, interp_gate, EPS, handle.slot,
+                          handle.store, handle.owner, handle.count, *out)
+    if ctx.first:  # the pass is over: back to the latest step, ready to go on
+        handle.sync()
+    return out
+
+
 class SparseStep(torch.autograd.Function):
     """One step of the sparse access; see the module docstring."""
 
     @staticmethod
     def forward(ctx, handle, position, query, strength, add, write_gate, interp_gate, prev_weights, token):
-        mem = handle.mem
-        handle.sync()
-        if mem.position != position:
-            raise RuntimeError(f"this state is stale: it was made at step {position} but the memory "
-                               f"is at step {mem.position}; continue from the latest state")
-        arrays = [x.detach().cpu().numpy() for x in (query, strength, add, write_gate, interp_gate)]
-        res = mem.step(*arrays)
-        ctx.handle = handle
-        ctx.position = mem.position
-        ctx.first = not token.requires_grad  # the first step of this graph: backward ends here
-        ctx.epoch = handle.epoch
-        ctx.set_materialize_grads(False)
+        res = _forward(ctx, handle, position, token, query, strength, add, write_gate, interp_gate)
         ctx.save_for_backward(query, strength, add, write_gate, interp_gate)
-        reads = torch.from_numpy(res.reads)
-        weights = torch.from_numpy(res.weights.copy())
-        return reads, weights, token.new_zeros(())
+        return torch.from_numpy(res.reads), torch.from_numpy(res.weights.copy()), token.new_zeros(())
 
     @staticmethod
     def backward(ctx, g_reads, g_weights, g_token):
-        handle, t = ctx.handle, ctx.position
-        mem = handle.mem
-        if handle.epoch != ctx.epoch:
-            raise RuntimeError("backward through a memory that has been reset since this step")
-        if g_token is None:  # no later step contributed: a backward pass starts here
-            handle.clear_grad()
-        try:
-            mem.rewind(t)
-            rec = mem.step_record(t)
-        except ValueError as e:
-            raise RuntimeError(f"cannot rewind to step {t} for backward ({e}); was "
-                               "samcpu.detach(state) called before backward?") from None
-        query, strength, add, write_gate, interp_gate = (x.detach().cpu().numpy() for x in ctx.saved_tensors)
-        b, h, w = query.shape
-        k = rec["rows"].shape[2]
-        g_reads = np.zeros((b, h, w)) if g_reads is None else g_reads.detach().cpu().numpy()
-        g_weights = np.zeros((b, h, k)) if g_weights is None else g_weights.detach().cpu().numpy()
-        out = [np.empty((b, h, w)), np.empty((b, h)), np.empty((b, h, w)), np.empty((b, h)),
-               np.empty((b, h)), np.empty((b, h, k))]
-        handle.reserve(h * (2 * k + 1))
-        K.batch_step_backward(mem._memory, rec["rows"], rec["weights"], query, strength, g_reads,
-                              g_weights, np.ascontiguousarray(rec["lra"]), rec["prev_rows"],
-                              rec["prev_weights"], add, write_gate, interp_gate, EPS, handle.slot,
-                              handle.store, handle.owner, handle.count, *out)
-        dtype = ctx.saved_tensors[0].dtype
-        grads = [torch.from_numpy(o).to(dtype) for o in out]
-        if ctx.first:  # the pass is over: back to the latest step, ready to go on
-            handle.sync()
+        saved = ctx.saved_tensors
+        out = _backward(ctx, *(x.detach().cpu().numpy() for x in saved), g_reads, g_weights, g_token)
+        grads = [torch.from_numpy(o).to(saved[0].dtype) for o in out]
         return (None, None, *grads, torch.zeros(()))
+
+
+def split_interface(interface, word_size):
+    """The controller's raw interface (B, H, 2W+3) = [q, a, beta^, alpha^, gamma^] per head as
+    (query, strength = 1 + softplus(beta^), add, write_gate = sigmoid(alpha^),
+    interp_gate = sigmoid(gamma^)) (DESIGN.md section 1, heads in the controller)."""
+    w = word_size
+    return (interface[..., :w], 1.0 + F.softplus(interface[..., 2 * w]), interface[..., w:2 * w],
+            torch.sigmoid(interface[..., 2 * w + 1]), torch.sigmoid(interface[..., 2 * w + 2]))
+
+
+class SparseInterfaceStep(torch.autograd.Function):
+    """:class:`SparseStep` fused with the interface nonlinearities, for SAM: one autograd node
+    per step instead of a dozen (slices, softplus, sigmoids, reshape), which is most of the
+    memory a step keeps for backward beyond the LSTM's own. Input: the raw interface
+    (B, H, 2W+3) (see :func:`split_interface`); output: reads as (B, H*W), weights, token."""
+
+    @staticmethod
+    def forward(ctx, handle, position, interface, prev_weights, token):
+        with torch.no_grad():
+            parts = split_interface(interface, handle.mem.word_size)
+        res = _forward(ctx, handle, position, token, *parts)
+        ctx.save_for_backward(interface)
+        b, h, w = res.reads.shape
+        return torch.from_numpy(res.reads).view(b, h * w), torch.from_numpy(res.weights.copy()), token.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, g_reads, g_weights, g_token):
+        (interface,) = ctx.saved_tensors
+        w = ctx.handle.mem.word_size
+        with torch.no_grad():
+            parts = split_interface(interface, w)
+        g_q, g_beta, g_a, g_alpha, g_gamma, g_prev = _backward(
+            ctx, *(x.cpu().numpy() for x in parts), g_reads, g_weights, g_token)
+        raw = interface.detach().to(torch.float64)
+        g = torch.empty(interface.shape, dtype=torch.float64)
+        g[..., :w] = torch.from_numpy(g_q)
+        g[..., w:2 * w] = torch.from_numpy(g_a)
+        x = raw[..., 2 * w]  # torch's softplus: derivative 1 above its threshold (20)
+        g[..., 2 * w] = torch.from_numpy(g_beta) * torch.where(x > 20, torch.ones_like(x), torch.sigmoid(x))
+        for j, g_gate in ((2 * w + 1, g_alpha), (2 * w + 2, g_gamma)):
+            y = torch.sigmoid(raw[..., j])
+            g[..., j] = torch.from_numpy(g_gate) * (1 - y) * y
+        dtype = interface.dtype
+        return None, None, g.to(dtype), torch.from_numpy(g_prev).to(dtype), torch.zeros(())
 
 
 def initial_state(memory):
@@ -149,6 +204,16 @@ def step(state, query, strength, add, write_gate, interp_gate):
     return reads, AccessState(handle, weights, token, handle.mem.position, handle.epoch)
 
 
+def step_interface(state, interface):
+    """One differentiable step from the controller's raw interface (B, H, 2W+3) (see
+    :func:`split_interface`); returns (reads (B, H*W), new state). One autograd node."""
+    handle = state.handle
+    if state.epoch != handle.epoch:
+        raise RuntimeError("this state belongs to an episode before the memory was reset")
+    reads, weights, token = SparseInterfaceStep.apply(handle, state.position, interface, state.weights, state.token)
+    return reads, AccessState(handle, weights, token, handle.mem.position, handle.epoch)
+
+
 def detach(state):
     """Truncated BPTT: keep the memory contents, cut the history (and free the journal).
 
@@ -162,4 +227,5 @@ def detach(state):
     return AccessState(handle, state.weights.detach(), torch.zeros_like(state.token), state.position, state.epoch)
 
 
-__all__ = ["AccessState", "MemoryHandle", "SparseMemory", "SparseStep", "detach", "initial_state", "step"]
+__all__ = ["AccessState", "MemoryHandle", "SparseInterfaceStep", "SparseMemory", "SparseStep", "detach",
+           "initial_state", "split_interface", "step", "step_interface"]

@@ -83,7 +83,7 @@ def test_ring_matches_naive_lra_and_undoes_exactly(n, h, seed):
         np.testing.assert_array_equal(lra, naive.lra_rows(usage, h))
         touched = np.unique(rng.integers(n, size=rng.integers(0, 6)))
         before = (usage.copy(), prev.copy(), nxt.copy(), ends[[0, 1, 3]].copy())
-        records = np.empty((len(touched), 4), np.int64)
+        records = np.empty((len(touched), 3), np.int32)  # as in the journal
         for i, r in enumerate(touched):
             K.ring_touch(usage, prev, nxt, ends, r, t, records[i])
         history.append((before, records))

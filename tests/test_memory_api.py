@@ -68,12 +68,23 @@ def test_float32_input_too_large_for_memory_dtype_is_refused(rng):
     (dict(index="annoy"), "index must be one of"),
     (dict(delta=-1.0), "delta must be a finite number"),
     (dict(num_heads=2.5), "num_heads must be an integer"),
+    (dict(num_slots=2**31 - 1), r"num_slots must be <= 2,147,483,646"),
 ])
 def test_bad_constructor_arguments(kwargs, message):
     args = dict(batch_size=B, num_slots=N, word_size=W)
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         samcpu.SparseMemory(**args)
+
+
+def test_step_past_the_journal_limit_raises_and_changes_nothing(mem, rng, monkeypatch):
+    before = snapshot(mem)
+    monkeypatch.setattr(samcpu.memory, "MAX_STEPS", mem.position)
+    with pytest.raises(ValueError, match="applied 6 steps since its last reset.*call reset"):
+        mem.step(**good(rng))
+    assert mem.position == 6
+    for x, y in zip(snapshot(mem), before):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_bad_rewind_position(mem):

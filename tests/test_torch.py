@@ -222,3 +222,48 @@ def test_memories_are_reused_across_episodes_once_unreferenced():
         assert state.handle.mem.position == 1  # a fresh (reset) memory every episode
         r.sum().backward()
     assert len(set(seen)) == 2
+
+
+def test_gradcheck_through_the_fused_interface_step():
+    """SparseAccess.step_interface (SAM's path): the interface nonlinearities and the access in
+    one autograd node; raw inputs include strengths past softplus's threshold (20)."""
+    g = torch.Generator().manual_seed(3)
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    raw = torch.randn((8, B, H, 2 * W + 3), dtype=torch.float64, generator=g)
+    raw[2, 0, 1, 2 * W] = 21.5
+    raw.requires_grad_(True)
+
+    def fused(x):
+        state, outs = access.initial_state(B), []
+        for t in range(x.shape[0]):
+            r, state = access.step_interface(x[t], state)
+            outs.append(r)
+        return torch.stack(outs)
+
+    assert fused(raw).shape == (8, B, H * W)
+    assert torch.autograd.gradcheck(fused, (raw,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+class _UnfusedSAM(samcpu.SAM):
+    """SAM through SparseAccess's five-input call (the interface squashed by autograd ops)."""
+
+    def _access_step(self, h, state):
+        return samcpu.nn._MemoryNetwork._access_step(self, h, state)
+
+
+def test_fused_sam_equals_the_unfused_path_in_outputs_and_gradients():
+    def run_model(cls):
+        torch.manual_seed(0)
+        model = cls(5, 3, hidden_size=7, num_slots=10, word_size=W, num_heads=H, k=K, index="exact",
+                    dtype=torch.float64)
+        x = torch.randn(20, B, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        y, _ = model(x)
+        (y ** 2).sum().backward()
+        return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    y_fused, g_fused = run_model(samcpu.SAM)
+    y_plain, g_plain = run_model(_UnfusedSAM)
+    torch.testing.assert_close(y_fused, y_plain, rtol=0, atol=1e-12)
+    assert g_fused.keys() == g_plain.keys()
+    for name in g_fused:
+        torch.testing.assert_close(g_fused[name], g_plain[name], rtol=1e-10, atol=1e-12, msg=name)

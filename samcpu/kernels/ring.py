@@ -12,8 +12,10 @@ ends (4,) int64    [head + 1, tail + 1, fresh, count]: ``fresh`` a row below whi
 
 Touching a row at step t unlinks it and appends it at the tail; touching the rows of one
 step in ascending order keeps the list sorted by (u, i). Each touch returns an undo record
-(row, old u, old prev, old next); undoing the records in reverse order restores the list
-exactly (dancing links).
+(row, old u, old prev); undoing the records in reverse order restores the list exactly
+(dancing links): when a record is undone the list is as the touch left it, so the row's old
+neighbours are adjacent and its old next is the old prev's current next. Records are int32 in
+the journal (3 x 4 bytes a touch), so rows and steps stay below 2**31 (SparseMemory checks).
 """
 import numba as nb
 
@@ -50,11 +52,10 @@ def lra_rows(usage, nxt, ends, count, out):
 
 @nb.njit(**NJIT)
 def ring_touch(usage, prev, nxt, ends, row, t, undo):
-    """u(row) <- t: move ``row`` to the tail; record (row, u, prev, next) into ``undo`` (4,)."""
+    """u(row) <- t: move ``row`` to the tail; record (row, old u, old prev) into ``undo`` (3,)."""
     undo[0] = row
     undo[1] = usage[row]
     undo[2] = prev[row]
-    undo[3] = nxt[row]
     if usage[row] != 0:
         p = prev[row]
         n = nxt[row]
@@ -91,7 +92,7 @@ def ring_untouch(usage, prev, nxt, ends, undo):
         ends[HEAD] = 0
     if undo[1] != 0:
         p = undo[2]
-        n = undo[3]
+        n = nxt[p - 1] if p else ends[HEAD]
         prev[row] = p
         nxt[row] = n
         if p:

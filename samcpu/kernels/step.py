@@ -44,7 +44,7 @@ def read_phase(memory, rows, query, strength, eps, weights, reads, sims):
 def usage_phase(usage, prev, nxt, ends, lra, prev_rows, prev_weights, write_gate, interp_gate,
                 rows, weights, delta, t, urec, ucount):
     """Step 5 for every batch element: u(i) <- t for the rows whose write + read weight
-    exceeds delta, touched in ascending order; undo records into urec (B, U, 4)."""
+    exceeds delta, touched in ascending order; undo records into urec (B, U, 3)."""
     for b in range(usage.shape[0]):
         cand = np.empty(urec.shape[1], np.int64)
         total = np.empty(urec.shape[1], np.float64)
