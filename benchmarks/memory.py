@@ -143,8 +143,8 @@ def train_pass(model, x, target, chunk, progress):
         mem = handle.mem
         out["journal_nbytes"] = mem.journal_nbytes
         j = getattr(mem, "_journal", None)  # private, informational: chunked allocation
-        if j is not None and hasattr(j, "chunks"):
-            out["journal_steps_allocated"] = len(j.chunks) * j.chunk_size
+        if j is not None and hasattr(j, "allocated_steps"):
+            out["journal_steps_allocated"] = j.allocated_steps
         idx = mem.index.stats() if hasattr(mem.index, "stats") else None
         out["index"] = idx
         out["written_rows"] = int(sum(len(mem.written_rows(b)) for b in range(mem.batch_size)))
@@ -277,7 +277,7 @@ def main_short(args, out):
                      f"{d['journal_per_step_t1000']:,.0f} B at T=1000 (target <= 4,096 B: "
                      f"{'met' if max(d['journal_per_step_t100'], d['journal_per_step_t1000']) <= 4096 else 'NOT met'})")
             if "journal_per_allocated_step" in d:
-                line += f"; {d['journal_per_allocated_step']:,.0f} B per allocated step (chunks of steps)"
+                line += f"; {d['journal_per_allocated_step']:,.0f} B per allocated step (chunks of 16, 32, ... 256 steps)"
         print(line)
     sam = [d for d in derived if d["model"] == "sam"]
     if len(sam) == 2:

@@ -4,7 +4,8 @@ Per step and batch element (B) it holds the distinct rows the write touched and 
 contents (<= H(K+1) rows of W values), the usage-ring undo records (<= H(2K+1)), the rows
 and weights read (the next step's w^R_{t-1}) and the written-row count before the step. The
 first H journaled rows are the step's LRA rows I^U (distinct, journaled first).
-Steps live in fixed-size chunks, so appending never copies and memory grows per step.
+Steps live in chunks (16, 32, ... up to 256 steps), so appending never copies and memory grows
+with the steps taken.
 """
 import numpy as np
 
@@ -30,11 +31,20 @@ class Chunk:
 
 
 class Journal:
-    """Steps ``base+1 .. base+length`` (1-based step numbers) in chunks of ``chunk_size``."""
+    """Steps ``base+1 .. base+length`` (1-based step numbers) in chunks that double from
+    ``first_chunk`` steps up to ``chunk_size`` steps, so a short episode allocates about what it
+    uses (at most twice) and a long one grows by ``chunk_size`` steps at a time."""
 
-    def __init__(self, batch_size, num_heads, k, word_size, dtype, chunk_size=256):
+    def __init__(self, batch_size, num_heads, k, word_size, dtype, chunk_size=256, first_chunk=16):
         self._shape = (batch_size, num_heads, k, word_size, dtype)
         self.chunk_size = chunk_size
+        self.first_chunk = min(first_chunk, chunk_size)
+        # chunk j holds min(first_chunk * 2**j, chunk_size) steps; _starts[j] is its first slot
+        sizes = [self.first_chunk]
+        while sizes[-1] < chunk_size:
+            sizes.append(min(2 * sizes[-1], chunk_size))
+        self._sizes = sizes
+        self._starts = [sum(sizes[:j]) for j in range(len(sizes))]
         self.chunks = []
         self.base = 0
         self.length = 0
@@ -43,23 +53,42 @@ class Journal:
     def latest(self):
         return self.base + self.length
 
+    def _size(self, j):
+        return self._sizes[min(j, len(self._sizes) - 1)]
+
+    def _where(self, i):
+        """(chunk number, slot) of the 0-based journal entry ``i``."""
+        grown = len(self._sizes) - 1  # chunks before the first full-size one
+        edge = self._starts[grown]
+        if i >= edge:
+            j, s = divmod(i - edge, self.chunk_size)
+            return grown + j, s
+        j = 0
+        while self._starts[j + 1] <= i:
+            j += 1
+        return j, i - self._starts[j]
+
+    def _chunks_for(self, length):
+        """Number of chunks that hold ``length`` entries."""
+        return 0 if length == 0 else self._where(length - 1)[0] + 1
+
     def locate(self, step):
         """(chunk, slot) of 1-based ``step`` in (base, latest]."""
-        i = step - self.base - 1
-        return self.chunks[i // self.chunk_size], i % self.chunk_size
+        j, s = self._where(step - self.base - 1)
+        return self.chunks[j], s
 
     def append(self):
         """Make room for step ``latest + 1``; returns its (chunk, slot) and counts it."""
-        i = self.length
-        if i // self.chunk_size == len(self.chunks):
-            self.chunks.append(Chunk(self.chunk_size, *self._shape))
+        j, s = self._where(self.length)
+        if j == len(self.chunks):
+            self.chunks.append(Chunk(self._size(j), *self._shape))
         self.length += 1
-        return self.chunks[i // self.chunk_size], i % self.chunk_size
+        return self.chunks[j], s
 
     def truncate(self, latest):
         """Forget the steps after ``latest``."""
         self.length = latest - self.base
-        del self.chunks[(self.length + self.chunk_size - 1) // self.chunk_size:]
+        del self.chunks[self._chunks_for(self.length):]
 
     def clear(self, base):
         """Forget every step; the earliest reachable position becomes ``base``."""
@@ -72,11 +101,16 @@ class Journal:
         out = []
         i, end = lo - self.base, hi - self.base
         while i < end:
-            c, s = divmod(i, self.chunk_size)
-            stop = min(self.chunk_size, s + end - i)
-            out.append((self.chunks[c], s, stop))
+            j, s = self._where(i)
+            stop = min(self._size(j), s + end - i)
+            out.append((self.chunks[j], s, stop))
             i += stop - s
         return out
+
+    @property
+    def allocated_steps(self):
+        """Steps the allocated chunks can hold."""
+        return sum(self._size(j) for j in range(len(self.chunks)))
 
     @property
     def nbytes(self):
