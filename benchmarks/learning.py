@@ -1,0 +1,171 @@
+"""Learning curves as in the paper's Figure 2: SAM (1M slots) against DAM (64 slots) on copy,
+associative recall and priority sort, several seeds, the same hyper-parameters.
+
+    python benchmarks/learning.py [--tasks copy recall sort] [--minutes 12 4 4] [--seeds 0 1 2]
+                                  [--jobs 2] [--lr 3e-4] [--eval-batches 50] [--resume]
+                                  [--runs-dir runs/learning] [--out-dir benchmarks/results]
+
+What is run
+  For every task, model and seed: ``samcpu train --task T --model M --slots N --lr LR --seed S
+  --threads 1 --torch-threads 1 --minutes MIN --quiet --out RUNS/T_M_sS`` (curriculum on, RMSProp,
+  batch 8, LSTM 100, W=32, H=4, K=4: the CLI's defaults but for --lr), with N = 1,000,000 for SAM
+  and 64 for DAM, --jobs runs at a time (one core each). Each run has the same wall-time budget
+  (--minutes, one value per task); episodes reached are reported. --resume continues runs whose
+  checkpoints exist in --runs-dir (their budgets add up).
+What is reported
+  Per run: episodes, wall minutes, final curriculum level, and the bits error per sequence of the
+  final model on fresh data at full difficulty (the task's max level: copy lengths 1-20, recall
+  3-6 items, sort 20 keys), the mean over --eval-batches batches of 8 drawn with a seed the run
+  never saw (10,000 + seed), with its standard error. Curves: ``learning_<task>.png`` (bits error
+  per sequence against episodes, mean over a sliding window, one line per run) and
+  ``learning.json``.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from common import HERE, machine_info, write_json
+
+SLOTS = {"sam": 1_000_000, "dam": 64}
+ROOT = os.path.dirname(HERE)
+
+
+def run_dir(args, task, model, seed):
+    return os.path.join(args.runs_dir, f"{task}_{model}_s{seed}")
+
+
+def train(args, task, model, seed, minutes):
+    out = run_dir(args, task, model, seed)
+    cmd = [sys.executable, "-m", "samcpu", "train", "--task", task, "--model", model,
+           "--slots", str(SLOTS[model]), "--lr", str(args.lr), "--seed", str(seed), "--threads", "1",
+           "--torch-threads", "1", "--minutes", str(minutes), "--steps", str(10**9), "--quiet", "--out", out]
+    if args.resume and os.path.exists(os.path.join(out, "checkpoint.pt")):
+        cmd.append("--resume")
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+    wall = time.perf_counter() - t0
+    print(f"  {task:6s} {model} seed {seed}: {'done' if p.returncode == 0 else 'FAILED'} in "
+          f"{wall / 60:.1f} min", flush=True)
+    if p.returncode != 0:
+        print(p.stdout[-2000:], file=sys.stderr)
+    return dict(task=task, model=model, seed=seed, returncode=p.returncode, wall_s=wall, out=out)
+
+
+def evaluate(out, batches):
+    """Bits error per sequence of the checkpoint in ``out`` on fresh full-difficulty data."""
+    from samcpu.tasks import bits_error, make_task
+    from samcpu.train import build
+    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    a = Namespace(**ck["args"])
+    task = make_task(a.task, seed=10_000 + a.seed)
+    model, _, _ = build(a, task)
+    model.load_state_dict(ck["model"])
+    errs = []
+    with torch.no_grad():
+        for _ in range(batches):
+            b = task.sample(a.batch)  # level None: the task's full difficulty
+            y, _ = model(b.input)
+            errs.append(bits_error(y, b.target, b.mask))
+    return dict(episodes=int(ck["episode"]), final_max_level=int(ck["curriculum"]["current"]),
+                max_level=task.max_level, eval_bits_error=float(np.mean(errs)),
+                eval_bits_error_se=float(np.std(errs, ddof=1) / math.sqrt(len(errs))) if len(errs) > 1 else 0.0,
+                eval_sequences=batches * a.batch)
+
+
+def read_curve(out):
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return (np.array([int(r["episode"]) for r in rows]), np.array([float(r["bits_error"]) for r in rows]),
+            np.array([float(r["seconds"]) for r in rows]))
+
+
+def plot(task, runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = {"sam": "tab:blue", "dam": "tab:orange"}
+    for r in runs:
+        ep, err, _ = read_curve(r["out"])
+        w = max(1, min(500, len(err) // 50))
+        smooth = np.convolve(err, np.ones(w) / w, mode="valid")
+        label = f"{r['model'].upper()} N={SLOTS[r['model']]:,d} seed {r['seed']}"
+        ax.plot(ep[w - 1:], smooth, color=colours[r["model"]], alpha=0.55 + 0.15 * r["seed"] % 0.45, label=label)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_xlabel("episode (batch of 8 sequences)")
+    ax.set_ylabel("bits error per sequence (training, sliding mean)")
+    ax.set_title(f"{task}: SAM vs DAM, curriculum (levels drawn up to the current maximum)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=["copy", "recall", "sort"])
+    p.add_argument("--minutes", type=float, nargs="+", default=[12.0, 4.0, 4.0], help="budget per run, per task")
+    p.add_argument("--models", nargs="+", default=["sam", "dam"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--eval-batches", type=int, default=50)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-only", action="store_true", help="evaluate and plot existing runs")
+    p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "learning"))
+    p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    args = p.parse_args()
+    if len(args.minutes) == 1:
+        args.minutes = args.minutes * len(args.tasks)
+    if len(args.minutes) != len(args.tasks):
+        p.error(f"--minutes needs one value or one per task ({len(args.tasks)}), got {len(args.minutes)}")
+    plan = [(t, m, s, mins) for t, mins in zip(args.tasks, args.minutes) for s in args.seeds for m in args.models]
+    os.makedirs(args.out_dir, exist_ok=True)
+    started = time.time()
+    if not args.eval_only:
+        print(f"{len(plan)} runs, {args.jobs} at a time, lr {args.lr}", flush=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            trained = list(pool.map(lambda x: train(args, *x), plan))
+    else:
+        trained = [dict(task=t, model=m, seed=s, returncode=0, out=run_dir(args, t, m, s)) for t, m, s, _ in plan]
+    torch.set_num_threads(2)
+    results = []
+    print(f"\n{'task':7s}{'model':6s}{'seed':>5s}{'episodes':>10s}{'minutes':>9s}{'level':>8s}"
+          f"{'fresh-data bits error / sequence':>36s}")
+    for r in trained:
+        if r["returncode"] != 0 or not os.path.exists(os.path.join(r["out"], "checkpoint.pt")):
+            results.append({**r, "status": "failed"})
+            continue
+        r.update(evaluate(r["out"], args.eval_batches), status="ok")
+        _, _, secs = read_curve(r["out"])
+        r["train_minutes"] = float(secs[-1] / 60) if len(secs) else 0.0
+        results.append(r)
+        print(f"{r['task']:7s}{r['model']:6s}{r['seed']:>5d}{r['episodes']:>10,d}{r['train_minutes']:>9.1f}"
+              f"{r['final_max_level']:>5d}/{r['max_level']:<3d}{r['eval_bits_error']:>24.3f} +- {r['eval_bits_error_se']:.3f}")
+    for task in args.tasks:
+        runs = [r for r in results if r["task"] == task and r["status"] == "ok"]
+        if runs:
+            png = os.path.join(args.out_dir, f"learning_{task}.png")
+            plot(task, runs, png)
+            print(f"wrote {png}")
+    out = dict(machine=machine_info(1), args=vars(args), wall_minutes=(time.time() - started) / 60,
+               slots=SLOTS, runs=results)
+    path = os.path.join(args.out_dir, "learning.json")
+    write_json(path, out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
