@@ -15,7 +15,16 @@ Sections
            M=16, ef_construction=64, ef=32, one thread), at N = 1e6, 1.6e4 and 1.6e7.
   full     N=65,536 filled until every row is written and the LRA recycles; then the cost of
            --cost-steps more steps with the index holding every row.
+  memory   resident memory of a SparseMemory(index="hnsw") (B=1, H=4, W=32) after writing R
+           distinct rows (each step writes 4 new LRA rows; the journal is cleared every 256
+           steps so that only the memory, ring and index remain), R = 8,192 and 32,768, at
+           N = 1e6 and 1e8: bytes per row written, and the graphs' live labels.
+Sections given to --skip keep their earlier results in the output file.
 """
+import ctypes
+import gc
+import json
+import os
 import argparse
 import time
 
@@ -119,6 +128,28 @@ def sam_cost(inputs, n, k, warm=None):
                                  rss_growth_mib=(rss_now() - rss0) / 2**20)
 
 
+def memory_run(n, rows, seed):
+    """Resident growth of a fresh SparseMemory(index="hnsw") after writing ``rows`` rows."""
+    rng = np.random.default_rng(seed)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    rss0 = rss_now()
+    mem = samcpu.SparseMemory(1, n, W, num_heads=4, k=4, index="hnsw", index_options=OPTIONS)
+    one, zero, beta = np.ones((1, 4), np.float32), np.zeros((1, 4), np.float32), np.full((1, 4), 5, np.float32)
+    for t in range(rows // 4):
+        x = rng.normal(size=(2, 1, 4, W)).astype(np.float32)
+        mem.step(x[0], beta, x[1], one, zero)
+        if t % 256 == 255:
+            mem.clear_journal()
+    mem.clear_journal()
+    written = len(mem.written_rows(0))
+    growth = rss_now() - rss0
+    out = dict(n=n, rows_written=written, rss_growth_mib=growth / 2**20, bytes_per_row=growth / written,
+               index=mem.index.stats())
+    del mem
+    return out
+
+
 def summary(times):
     ms = 1e3 * times
     return dict(mean_ms=float(ms.mean()), median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)))
@@ -130,14 +161,18 @@ def main():
     p.add_argument("--cost-steps", type=int, default=1000)
     p.add_argument("--full-slots", type=int, default=65_536)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip", nargs="*", default=[], choices=["recall", "cost", "full"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["recall", "cost", "full", "memory"])
     p.add_argument("--out", default=f"{HERE}/results/index.json")
     p.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="an HNSWIndex option, e.g. --option stale_cos 0.9")
     args = p.parse_args()
     OPTIONS.update((k, float(v) if "." in v else int(v)) for k, v in args.option)
     numba.set_num_threads(args.threads)
-    out = dict(machine=machine_info(args.threads), args=vars(args))
+    out = {}
+    if args.skip and os.path.exists(args.out):  # keep the skipped sections' earlier results
+        with open(args.out) as f:
+            out = json.load(f)
+    out.update(machine=machine_info(args.threads), args=vars(args))
     # compile the kernels before timing anything
     warm = samcpu.SparseMemory(2, 100, W, num_heads=4, k=4, index="hnsw")
     for x in make_inputs(np.random.default_rng(0), 30, 2, 4, "gaussian"):
@@ -188,6 +223,19 @@ def main():
         print(f"\nfull memory N={n} after {len(fill)} steps (every row written, LRA recycling): "
               f"mean {out['full']['mean_ms']:.3f} ms, median {out['full']['median_ms']:.3f} ms per step; "
               f"{info['index']}", flush=True)
+    if "memory" not in args.skip:
+        runs = [memory_run(n, r, seed=4) for n in (1_000_000, 100_000_000) for r in (8192, 32768)]
+        out["memory"] = dict(runs=runs)
+        print(f"\nresident memory after writing R rows (B=1, H=4, W=32; memory rows, ring, written set, index)")
+        print(f"{'N':>14s}{'rows written':>14s}{'RSS growth MiB':>16s}{'bytes per row':>15s}  index")
+        for r in runs:
+            print(f"{r['n']:>14,d}{r['rows_written']:>14,d}{r['rss_growth_mib']:>16.1f}{r['bytes_per_row']:>15,.0f}  {r['index']}")
+        at_1e6, at_1e8 = runs[0:2], runs[2:4]  # each: R = 8,192 then 32,768
+        out["memory"]["growth_ratio_rows_4x"] = [b["rss_growth_mib"] / a["rss_growth_mib"] for a, b in (at_1e6, at_1e8)]
+        out["memory"]["growth_ratio_n_100x"] = [b["rss_growth_mib"] / a["rss_growth_mib"] for a, b in zip(at_1e6, at_1e8)]
+        print(f"growth for 4x the rows: {out['memory']['growth_ratio_rows_4x'][0]:.2f} (N=1e6), "
+              f"{out['memory']['growth_ratio_rows_4x'][1]:.2f} (N=1e8); for 100x the slots: "
+              f"{out['memory']['growth_ratio_n_100x'][0]:.2f} (R=8,192), {out['memory']['growth_ratio_n_100x'][1]:.2f} (R=32,768)")
     write_json(args.out, out)
     print(f"wrote {args.out}")
 

@@ -179,3 +179,29 @@ def test_journal_costs_at_most_4_kib_per_step_and_batch_element():
 
     chunk = Chunk(256, 1, 4, 4, 32, np.float32)  # H=4, K=4, W=32: the paper's setting
     assert chunk.nbytes / 256 <= 4096, chunk.nbytes / 256  # H(K+1)W floats alone are 2,560 B
+
+
+def test_bad_input_with_the_hnsw_index_loses_nothing(rng):
+    """Memory, usage, journal and index stay as they were: afterwards the memory steps exactly
+    like a twin that never saw the bad input."""
+    a = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, index="hnsw", index_options=dict(flush_rows=2))
+    twin = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, index="hnsw", index_options=dict(flush_rows=2))
+    for _ in range(8):
+        args = good(rng)
+        a.step(**args)
+        twin.step(**args)
+    before, stats, n_index, journal = snapshot(a), a.index.stats(), len(a.index), a.journal_nbytes
+    for name, value in [("query", np.full((B, H, W), np.nan)), ("strength", np.zeros((B, H))),
+                        ("write_gate", np.full((B, H), 2.0)), ("add", np.zeros((B, H, W + 1)))]:
+        args = good(rng)
+        args[name] = value
+        with pytest.raises(ValueError, match=name):
+            a.step(**args)
+        assert a.index.stats() == stats and len(a.index) == n_index and a.journal_nbytes == journal
+        assert a.position == 8
+        assert_same(snapshot(a), before)
+    for _ in range(5):
+        args = good(rng)
+        x, y = a.step(**args), twin.step(**args)
+        np.testing.assert_array_equal(x.rows, y.rows)
+        np.testing.assert_array_equal(x.reads, y.reads)
