@@ -188,3 +188,34 @@ def test_erased_rows_are_never_returned_on_their_stale_content():
 
 def naive_cos(q, m):
     return float(q @ m / (np.sqrt(q @ q + EPS) * np.sqrt(m @ m + EPS)))
+
+
+def test_remove_drops_labels_at_once_and_answers_stay_exact():
+    """The index interface used directly on an array: rows zeroed and removed leave the graph
+    at once; a removed row that is not zero after all is still found (it is re-buffered)."""
+    from samcpu.index import ExactIndex, HNSWIndex
+    from samcpu.index.base import WrittenRows
+    rng = np.random.default_rng(7)
+    n, w = 50, 4
+    memory = np.zeros((1, n, w), np.float32)
+    written = WrittenRows(1, n)
+    hnsw = HNSWIndex(memory, written, **dict(WIDE, flush_rows=1))
+    exact = ExactIndex(memory, written)
+    rows = np.arange(30, dtype=np.int64)[None]
+    memory[0, :30] = rng.normal(size=(30, w))
+    written.add(rows)
+    hnsw.update(rows)
+    hnsw.flush()
+    assert hnsw.stats()["live"] == 30 and hnsw.stats()["buffered"] == 0
+    old = memory[0, [3, 7]].copy()
+    memory[0, [3, 7]] = 0
+    hnsw.remove(np.array([[3, 7, -1]]))
+    assert hnsw.stats()["deleted"] == 2 and hnsw.stats()["live"] == 28
+    queries = np.concatenate([old, rng.normal(size=(2, w)).astype(np.float32)])[None]
+    np.testing.assert_array_equal(hnsw.query(queries, 5)[0], exact.query(queries, 5)[0])
+    hnsw.remove(np.array([[11]]))  # not zero: still found, and indexed again at the next flush
+    assert hnsw.stats()["live"] == 27
+    r, _ = hnsw.query(memory[:, [11]], 1)
+    assert r[0, 0, 0] == 11
+    hnsw.flush()
+    assert hnsw.stats()["live"] == 28 and hnsw.query(memory[:, [11]], 1)[0][0, 0, 0] == 11

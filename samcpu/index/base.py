@@ -66,6 +66,12 @@ class Index(abc.ABC):
         """Rows ``rows[b]`` (B, R) int64 changed content (written, erased, rewound or
         replayed; -1 entries are padding); their new contents are in ``memory``."""
 
+    def remove(self, rows):
+        """Rows ``rows[b]`` (B, R) int64 (-1 padded) were zeroed: stop offering them on the
+        strength of their earlier contents. Indexes that hold no vectors of their own have
+        nothing to drop, so by default this is :meth:`update`."""
+        self.update(rows)
+
     def invalidate(self, rows):
         """Like :meth:`update`, for rows changed by rewind or replay: the index may defer the
         work until the next query (a backward pass rewinds many steps and queries none)."""

@@ -125,6 +125,18 @@ class HNSWIndex(Index):
     def invalidate(self, rows):
         self.buffer.add(rows)
 
+    def remove(self, rows):
+        """Delete the graph labels of ``rows`` (B, R) now (``mark_deleted``, about 1 us each)
+        instead of at the next flush; the rows go to the exact buffer, so one that is not zero
+        after all is still found and re-indexed at the next flush."""
+        for b, g in enumerate(self.graphs):
+            r = rows[b][rows[b] >= 0]
+            labels = self.row_label[b, r] - 1
+            has = labels >= 0
+            g.delete(labels[has])
+            self.row_label[b, r[has]] = 0
+        self.buffer.add(rows)
+
     def query(self, queries, k):
         fetch = k + self.overfetch
         n_batch, n_heads = queries.shape[:2]
