@@ -64,11 +64,11 @@ def train(args, task, model, seed, minutes):
 
 def evaluate(out, batches):
     """Bits error per sequence of the checkpoint in ``out`` on fresh full-difficulty data."""
-    from samcpu.tasks import bits_error, make_task
-    from samcpu.train import build
+    from samcpu.tasks import bits_error
+    from samcpu.train import build, task_of
     ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     a = Namespace(**ck["args"])
-    task = make_task(a.task, seed=10_000 + a.seed)
+    task = task_of(a, seed=10_000 + a.seed)
     model, _, _ = build(a, task)
     model.load_state_dict(ck["model"])
     errs = []

@@ -6,6 +6,7 @@ Metrics go to ``OUT/metrics.csv`` and ``OUT/curve.png``; checkpoints to ``OUT/ch
 (written atomically; loadable with ``torch.load(weights_only=True)``). ``--resume`` continues
 a run exactly where its checkpoint left it (model, optimiser, curriculum, random streams).
 """
+import argparse
 import csv
 import os
 import signal
@@ -20,6 +21,21 @@ from .nn import DAM, SAM
 from .tasks import Curriculum, bits_error, make_task
 
 CSV_FIELDS = ["episode", "level", "max_level", "loss", "bits_error", "ms_per_step", "seconds"]
+
+
+#: the task parameter that --max-level sets (the task's hardest level)
+MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_items"}
+
+
+def task_of(args, seed):
+    """The task ``args`` describe (``--task``, ``--max-level``), drawing with ``seed``."""
+    n = getattr(args, "max_level", None)
+    if n is None:
+        return make_task(args.task, seed=seed)
+    kwargs = {MAX_LEVEL_PARAM[args.task]: n}
+    if args.task == "sort":
+        kwargs["num_outputs"] = min(16, n)
+    return make_task(args.task, seed=seed, **kwargs)
 
 
 def build(args, task):
@@ -112,7 +128,7 @@ def train(args):
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     csv_path = os.path.join(args.out, "metrics.csv")
     png_path = os.path.join(args.out, "curve.png")
-    task = make_task(args.task, seed=args.seed)
+    task = task_of(args, seed=args.seed)
     model, opt, curriculum = build(args, task)
     levels = np.random.default_rng(args.seed + 1)
     episode = 0
@@ -221,11 +237,23 @@ def _argv_of(args):
 _DEFAULT_BOOLS = {"curriculum": True}
 
 
+def _positive(text):
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1 or value != float(text):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_arguments(p):
     p.add_argument("--task", choices=["copy", "recall", "sort"], default="copy")
     p.add_argument("--model", choices=["sam", "dam"], default="sam")
     p.add_argument("--slots", type=lambda s: int(float(s)), default=1_000_000, help="memory rows N")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-level", type=_positive, default=None,
+                   help="the task's hardest level: copy length (20), recall items (6), sort keys (20)")
     p.add_argument("--steps", type=int, default=10_000, help="episodes (optimiser steps)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -249,6 +277,5 @@ def add_arguments(p):
 
 
 def argparse_bool():
-    import argparse
 
     return argparse.BooleanOptionalAction

@@ -89,3 +89,17 @@ def test_bench_scaling_writes_json_png_and_fitted_ratios(tmp_path, capsys):
     assert all(r["peak_mib"] is not None for r in res["sam"])
     assert (out / "scaling.png").stat().st_size > 1000
     assert "x*" in capsys.readouterr().out  # the fitted ratio is marked
+
+
+@pytest.mark.parametrize("task,level", [("recall", 12), ("copy", 30), ("sort", 8)])
+def test_max_level_sets_the_task_size(tmp_path, task, level):
+    args = ["train", "--task", task, "--max-level", str(level), "--no-curriculum", "--steps", "2",
+            "--out", str(tmp_path), *TINY]
+    assert main(args) == 0
+    assert {int(r["max_level"]) for r in rows(tmp_path / "metrics.csv")} == {level}
+
+
+def test_bad_max_level_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--max-level", "0", "--out", str(tmp_path), *TINY])
+    assert "--max-level" in capsys.readouterr().err
