@@ -277,5 +277,4 @@ def add_arguments(p):
 
 
 def argparse_bool():
-
     return argparse.BooleanOptionalAction
