@@ -36,6 +36,8 @@ class Journal:
     uses (at most twice) and a long one grows by ``chunk_size`` steps at a time."""
 
     def __init__(self, batch_size, num_heads, k, word_size, dtype, chunk_size=256, first_chunk=16):
+        if first_chunk < 1 or chunk_size < 1:
+            raise ValueError(f"first_chunk and chunk_size must be >= 1, got {first_chunk} and {chunk_size}")
         self._shape = (batch_size, num_heads, k, word_size, dtype)
         self.chunk_size = chunk_size
         self.first_chunk = min(first_chunk, chunk_size)

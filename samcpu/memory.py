@@ -446,10 +446,11 @@ class SparseMemory:
             (z["contents"].shape == (len(written), self.word_size), "contents"),
             (len(written) == 0 or (written.min() >= 0 and written.max() < n), "written"),
             (len(ring) == 0 or (ring.min() >= 0 and ring.max() < n), "ring"),
-            (z["ring_usage"].shape == ring.shape, "ring_usage"),
+            (z["ring_usage"].shape == ring.shape and (len(ring) == 0 or (
+                z["ring_usage"].min() >= 1 and z["ring_usage"].max() <= meta["position"])), "ring_usage"),
             (z["prev_rows"].shape == self._prev_rows.shape and z["prev_rows"].max(initial=-1) < n, "prev_rows"),
             (z["prev_weights"].shape == self._prev_weights.shape, "prev_weights"),
-            (isinstance(meta["position"], int) and meta["position"] >= 0, "position"),
+            (isinstance(meta["position"], int) and 0 <= meta["position"] <= MAX_STEPS, "position"),
         ]
         for ok, name in checks:
             if not ok:

@@ -210,6 +210,12 @@ def step_interface(state, interface):
     handle = state.handle
     if state.epoch != handle.epoch:
         raise RuntimeError("this state belongs to an episode before the memory was reset")
+    m = handle.mem
+    want = (m.batch_size, m.num_heads, 2 * m.word_size + 3)
+    if not isinstance(interface, torch.Tensor) or tuple(interface.shape) != want:
+        got = tuple(interface.shape) if isinstance(interface, torch.Tensor) else type(interface).__name__
+        raise ValueError(f"interface has shape {got} but expected {want} "
+                         "(batch_size, num_heads, 2 * word_size + 3)")
     reads, weights, token = SparseInterfaceStep.apply(handle, state.position, interface, state.weights, state.token)
     return reads, AccessState(handle, weights, token, handle.mem.position, handle.epoch)
 

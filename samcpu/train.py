@@ -240,7 +240,7 @@ _DEFAULT_BOOLS = {"curriculum": True}
 def _positive(text):
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1 or value != float(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")

@@ -99,7 +99,8 @@ def test_max_level_sets_the_task_size(tmp_path, task, level):
     assert {int(r["max_level"]) for r in rows(tmp_path / "metrics.csv")} == {level}
 
 
-def test_bad_max_level_is_refused_by_name(tmp_path, capsys):
+@pytest.mark.parametrize("value", ["0", "2.5", "1e400", "many"])
+def test_bad_max_level_is_refused_by_name(tmp_path, capsys, value):
     with pytest.raises(SystemExit):
-        main(["train", "--max-level", "0", "--out", str(tmp_path), *TINY])
+        main(["train", "--max-level", value, "--out", str(tmp_path), *TINY])
     assert "--max-level" in capsys.readouterr().err

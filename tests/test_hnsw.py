@@ -219,3 +219,24 @@ def test_remove_drops_labels_at_once_and_answers_stay_exact():
     assert r[0, 0, 0] == 11
     hnsw.flush()
     assert hnsw.stats()["live"] == 28 and hnsw.query(memory[:, [11]], 1)[0][0, 0, 0] == 11
+
+
+def test_remove_with_repeated_rows_deletes_each_label_once():
+    from samcpu.index import ExactIndex, HNSWIndex
+    from samcpu.index.base import WrittenRows
+    rng = np.random.default_rng(8)
+    memory = np.zeros((1, 40, 4), np.float32)
+    written = WrittenRows(1, 40)
+    hnsw, exact = HNSWIndex(memory, written, **dict(WIDE, flush_rows=1)), ExactIndex(memory, written)
+    rows = np.arange(20, dtype=np.int64)[None]
+    memory[0, :20] = rng.normal(size=(20, 4))
+    written.add(rows)
+    hnsw.update(rows)
+    hnsw.flush()
+    hnsw.remove(np.array([[5, 5, 9, -1, 9]]))  # rows still hold content: found, re-indexed
+    assert hnsw.stats()["deleted"] == 2 and hnsw.stats()["live"] == 18
+    queries = memory[:, [5, 9, 0]]
+    np.testing.assert_array_equal(hnsw.query(queries, 3)[0], exact.query(queries, 3)[0])
+    hnsw.flush()
+    assert hnsw.stats()["live"] == 20
+    np.testing.assert_array_equal(hnsw.query(queries, 3)[0], exact.query(queries, 3)[0])

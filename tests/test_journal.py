@@ -37,3 +37,22 @@ def test_a_short_episode_allocates_about_what_it_uses():
     for _ in range(100):
         j.append()
     assert j.allocated_steps == 16 + 32 + 64
+
+
+@pytest.mark.parametrize("first,size", [(0, 8), (4, 0)])
+def test_chunk_sizes_must_be_positive(first, size):
+    with pytest.raises(ValueError, match="first_chunk and chunk_size must be >= 1"):
+        Journal(1, 1, 1, 1, np.float32, chunk_size=size, first_chunk=first)
+
+
+def test_spans_after_clearing_to_a_later_base():
+    j = Journal(1, 1, 1, 1, np.float32, chunk_size=8, first_chunk=2)
+    for _ in range(5):
+        j.append()
+    j.clear(21)  # truncated BPTT: steps are now numbered from 22
+    for step in range(22, 60):
+        chunk, slot = j.append()
+        chunk.wcount[slot, 0] = step
+    assert [int(c.wcount[i, 0]) for c, a, b in j.spans(30, 50) for i in range(a, b)] == list(range(31, 51))
+    chunk, slot = j.locate(59)
+    assert chunk.wcount[slot, 0] == 59

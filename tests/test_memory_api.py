@@ -205,3 +205,24 @@ def test_bad_input_with_the_hnsw_index_loses_nothing(rng):
         x, y = a.step(**args), twin.step(**args)
         np.testing.assert_array_equal(x.rows, y.rows)
         np.testing.assert_array_equal(x.reads, y.reads)
+
+
+def test_load_refuses_usage_steps_the_journal_cannot_hold(mem, tmp_path):
+    """A saved (checksum-valid) ring whose steps lie outside [1, position] is refused: the
+    journal's int32 undo records could not hold them."""
+    import json
+
+    from samcpu.memory import _sha256
+    mem.save(tmp_path / "m")
+    state, meta_path = tmp_path / "m" / "state.npz", tmp_path / "m" / "meta.json"
+    arrays = dict(np.load(state))
+    for bad in (2**31 + 5, 0):
+        arrays["ring_usage"] = arrays["ring_usage"].copy()
+        arrays["ring_usage"][-1] = bad
+        with open(state, "wb") as f:
+            np.savez(f, **arrays)
+        meta = json.loads(meta_path.read_text())
+        meta["files"]["state.npz"] = _sha256(str(state))
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(samcpu.MemoryFileError, match="ring_usage"):
+            samcpu.SparseMemory.load(tmp_path / "m")

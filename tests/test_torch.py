@@ -267,3 +267,29 @@ def test_fused_sam_equals_the_unfused_path_in_outputs_and_gradients():
     assert g_fused.keys() == g_plain.keys()
     for name in g_fused:
         torch.testing.assert_close(g_fused[name], g_plain[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("shape", [(B, H, 2 * W + 4), (B, H * (2 * W + 3)), (B + 1, H, 2 * W + 3)])
+def test_a_badly_shaped_interface_is_refused_and_changes_nothing(shape):
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    state = access.initial_state(B)
+    _, state = access.step_interface(torch.randn(B, H, 2 * W + 3, dtype=torch.float64), state)
+    with pytest.raises(ValueError, match=r"interface has shape .* but expected \(2, 2, 11\)"):
+        access.step_interface(torch.randn(shape, dtype=torch.float64), state)
+    assert access.memory.position == 1
+    access.step_interface(torch.randn(B, H, 2 * W + 3, dtype=torch.float64), state)  # still usable
+
+
+def test_fused_sam_equals_the_unfused_path_in_float32():
+    def run_model(cls):
+        torch.manual_seed(1)
+        model = cls(5, 3, hidden_size=7, num_slots=10, word_size=W, num_heads=H, k=K, index="exact")
+        x = torch.randn(15, B, 5, generator=torch.Generator().manual_seed(6))
+        y, _ = model(x)
+        (y ** 2).sum().backward()
+        return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (y_f, g_f), (y_p, g_p) = run_model(samcpu.SAM), run_model(_UnfusedSAM)
+    torch.testing.assert_close(y_f, y_p, rtol=1e-6, atol=1e-6)
+    for name in g_f:
+        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-5, msg=name)

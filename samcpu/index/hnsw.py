@@ -129,13 +129,14 @@ class HNSWIndex(Index):
         """Delete the graph labels of ``rows`` (B, R) now (``mark_deleted``, about 1 us each)
         instead of at the next flush; the rows go to the exact buffer, so one that is not zero
         after all is still found and re-indexed at the next flush."""
+        rows = np.asarray(rows, np.int64)
+        self.buffer.add(rows)  # first: whatever happens below, the rows stay findable
         for b, g in enumerate(self.graphs):
-            r = rows[b][rows[b] >= 0]
+            r = np.unique(rows[b][rows[b] >= 0])  # a label is deleted once
             labels = self.row_label[b, r] - 1
             has = labels >= 0
-            g.delete(labels[has])
             self.row_label[b, r[has]] = 0
-        self.buffer.add(rows)
+            g.delete(labels[has])
 
     def query(self, queries, k):
         fetch = k + self.overfetch
