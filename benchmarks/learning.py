@@ -37,6 +37,7 @@ import torch
 from common import HERE, machine_info, write_json
 
 SLOTS = {"sam": 1_000_000, "dam": 64}
+FLOOR = 1e-3  # log-scale plots show smaller means at this floor
 ROOT = os.path.dirname(HERE)
 
 
@@ -97,15 +98,18 @@ def plot(task, runs, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colours = {"sam": "tab:blue", "dam": "tab:orange"}
+    styles = ["-", "--", ":", "-."]
     for r in runs:
         ep, err, _ = read_curve(r["out"])
-        w = max(1, min(500, len(err) // 50))
+        w = max(1, min(2000, len(err) // 40))
         smooth = np.convolve(err, np.ones(w) / w, mode="valid")
-        label = f"{r['model'].upper()} N={SLOTS[r['model']]:,d} seed {r['seed']}"
-        ax.plot(ep[w - 1:], smooth, color=colours[r["model"]], alpha=0.55 + 0.15 * r["seed"] % 0.45, label=label)
-    ax.set_yscale("symlog", linthresh=0.1)
+        label = f"{r['model'].upper()} N={SLOTS[r['model']]:,d} seed {r['seed']} (mean of {w})"
+        ax.plot(ep[w - 1:], np.maximum(smooth, FLOOR), color=colours[r["model"]],
+                linestyle=styles[r["seed"] % len(styles)], label=label)
+    ax.set_yscale("log")
+    ax.set_ylim(FLOOR / 2, None)
     ax.set_xlabel("episode (batch of 8 sequences)")
-    ax.set_ylabel("bits error per sequence (training, sliding mean)")
+    ax.set_ylabel(f"bits error per sequence (training, sliding mean; floor {FLOOR:g})")
     ax.set_title(f"{task}: SAM vs DAM, curriculum (levels drawn up to the current maximum)")
     ax.legend(fontsize=8)
     fig.tight_layout()
