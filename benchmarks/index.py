@@ -226,7 +226,7 @@ def main():
     if "memory" not in args.skip:
         runs = [memory_run(n, r, seed=4) for n in (1_000_000, 100_000_000) for r in (8192, 32768)]
         out["memory"] = dict(runs=runs)
-        print(f"\nresident memory after writing R rows (B=1, H=4, W=32; memory rows, ring, written set, index)")
+        print("\nresident memory after writing R rows (B=1, H=4, W=32; memory rows, ring, written set, index)")
         print(f"{'N':>14s}{'rows written':>14s}{'RSS growth MiB':>16s}{'bytes per row':>15s}  index")
         for r in runs:
             print(f"{r['n']:>14,d}{r['rows_written']:>14,d}{r['rss_growth_mib']:>16.1f}{r['bytes_per_row']:>15,.0f}  {r['index']}")

@@ -22,7 +22,6 @@ What is reported
 """
 import argparse
 import csv
-import json
 import math
 import os
 import subprocess

@@ -40,9 +40,8 @@ class Journal:
             raise ValueError(f"first_chunk and chunk_size must be >= 1, got {first_chunk} and {chunk_size}")
         self._shape = (batch_size, num_heads, k, word_size, dtype)
         self.chunk_size = chunk_size
-        self.first_chunk = min(first_chunk, chunk_size)
         # chunk j holds min(first_chunk * 2**j, chunk_size) steps; _starts[j] is its first slot
-        sizes = [self.first_chunk]
+        sizes = [min(first_chunk, chunk_size)]
         while sizes[-1] < chunk_size:
             sizes.append(min(2 * sizes[-1], chunk_size))
         self._sizes = sizes

@@ -169,20 +169,19 @@ class SparseInterfaceStep(torch.autograd.Function):
         (interface,) = ctx.saved_tensors
         w = ctx.handle.mem.word_size
         with torch.no_grad():
-            parts = split_interface(interface, w)
-        g_q, g_beta, g_a, g_alpha, g_gamma, g_prev = _backward(
-            ctx, *(x.cpu().numpy() for x in parts), g_reads, g_weights, g_token)
-        raw = interface.detach().to(torch.float64)
-        g = torch.empty(interface.shape, dtype=torch.float64)
-        g[..., :w] = torch.from_numpy(g_q)
-        g[..., w:2 * w] = torch.from_numpy(g_a)
-        x = raw[..., 2 * w]  # torch's softplus: derivative 1 above its threshold (20)
-        g[..., 2 * w] = torch.from_numpy(g_beta) * torch.where(x > 20, torch.ones_like(x), torch.sigmoid(x))
-        for j, g_gate in ((2 * w + 1, g_alpha), (2 * w + 2, g_gamma)):
-            y = torch.sigmoid(raw[..., j])
-            g[..., j] = torch.from_numpy(g_gate) * (1 - y) * y
+            query, strength, add, write_gate, interp_gate = split_interface(interface, w)
+            grads = _backward(ctx, *(x.cpu().numpy() for x in (query, strength, add, write_gate, interp_gate)),
+                              g_reads, g_weights, g_token)
+            g_q, g_beta, g_a, g_alpha, g_gamma, g_prev = (torch.from_numpy(x) for x in grads)
+            # the derivatives autograd would take: torch's softplus is the identity above 20, and
+            # sigmoid's derivative comes from its output y as y (1 - y)
+            x = interface[..., 2 * w]
+            d_beta = torch.where(x > 20, torch.ones_like(x), torch.sigmoid(x))
+            g = torch.cat([g_q, g_a, (g_beta * d_beta)[..., None],
+                           (g_alpha * write_gate * (1 - write_gate))[..., None],
+                           (g_gamma * interp_gate * (1 - interp_gate))[..., None]], -1)
         dtype = interface.dtype
-        return None, None, g.to(dtype), torch.from_numpy(g_prev).to(dtype), torch.zeros(())
+        return None, None, g.to(dtype), g_prev.to(dtype), torch.zeros(())
 
 
 def initial_state(memory):
