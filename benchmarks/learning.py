@@ -44,11 +44,13 @@ def run_dir(args, task, model, seed):
     return os.path.join(args.runs_dir, f"{task}_{model}_s{seed}")
 
 
-def train(args, task, model, seed, minutes):
-    out = run_dir(args, task, model, seed)
+def train(args, task, model, seed, minutes, out=None, extra=()):
+    """Run ``samcpu train`` for one task, model and seed in a subprocess (one core); ``extra``
+    are further CLI arguments."""
+    out = out or run_dir(args, task, model, seed)
     cmd = [sys.executable, "-m", "samcpu", "train", "--task", task, "--model", model,
            "--slots", str(SLOTS[model]), "--lr", str(args.lr), "--seed", str(seed), "--threads", "1",
-           "--torch-threads", "1", "--minutes", str(minutes), "--steps", str(10**9), "--quiet", "--out", out]
+           "--torch-threads", "1", "--minutes", str(minutes), "--steps", str(10**9), "--quiet", "--out", out, *extra]
     if args.resume and os.path.exists(os.path.join(out, "checkpoint.pt")):
         cmd.append("--resume")
     t0 = time.perf_counter()
@@ -62,8 +64,9 @@ def train(args, task, model, seed, minutes):
     return dict(task=task, model=model, seed=seed, returncode=p.returncode, wall_s=wall, out=out)
 
 
-def evaluate(out, batches):
-    """Bits error per sequence of the checkpoint in ``out`` on fresh full-difficulty data."""
+def evaluate(out, batches, level=None):
+    """Bits error per sequence of the checkpoint in ``out`` on fresh data at ``level`` (None:
+    the task's full difficulty, as its training draws it without a curriculum)."""
     from samcpu.tasks import bits_error
     from samcpu.train import build, task_of
     ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
@@ -71,16 +74,17 @@ def evaluate(out, batches):
     task = task_of(a, seed=10_000 + a.seed)
     model, _, _ = build(a, task)
     model.load_state_dict(ck["model"])
-    errs = []
+    errs, steps = [], 0
     with torch.no_grad():
         for _ in range(batches):
-            b = task.sample(a.batch)  # level None: the task's full difficulty
+            b = task.sample(a.batch, level)
             y, _ = model(b.input)
             errs.append(bits_error(y, b.target, b.mask))
+            steps = max(steps, b.input.shape[0])
     return dict(episodes=int(ck["episode"]), final_max_level=int(ck["curriculum"]["current"]),
                 max_level=task.max_level, eval_bits_error=float(np.mean(errs)),
                 eval_bits_error_se=float(np.std(errs, ddof=1) / math.sqrt(len(errs))) if len(errs) > 1 else 0.0,
-                eval_sequences=batches * a.batch)
+                eval_sequences=batches * a.batch, eval_max_steps=int(steps))
 
 
 def read_curve(out):

@@ -132,6 +132,7 @@ def train(args):
     model, opt, curriculum = build(args, task)
     levels = np.random.default_rng(args.seed + 1)
     episode = 0
+    elapsed = 0.0  # training seconds of earlier runs this one resumes: the CSV's clock goes on
     if args.resume:
         ck = load_checkpoint(ckpt_path)
         model.load_state_dict(ck["model"])
@@ -141,7 +142,7 @@ def train(args):
         levels.bit_generator.state = ck["level_rng"]
         torch.set_rng_state(ck["torch_rng"])
         episode = ck["episode"]
-        _truncate_csv(csv_path, episode)
+        elapsed = _truncate_csv(csv_path, episode, ck.get("seconds"))
     elif os.path.exists(csv_path):
         os.remove(csv_path)
 
@@ -149,7 +150,7 @@ def train(args):
         save_checkpoint(ckpt_path, dict(
             model=model.state_dict(), optimizer=opt.state_dict(), curriculum=curriculum.state_dict(),
             task_rng=task.rng.bit_generator.state, level_rng=levels.bit_generator.state,
-            torch_rng=torch.get_rng_state(), episode=episode, args=vars(args)))
+            torch_rng=torch.get_rng_state(), episode=episode, seconds=seconds(), args=vars(args)))
 
     new_file = not os.path.exists(csv_path)
     out = open(csv_path, "a", newline="")
@@ -160,6 +161,9 @@ def train(args):
                desc=f"{args.model} {args.task} N={args.slots:,}")
     start = time.perf_counter()
     interrupted = []
+
+    def seconds():  # training wall time, over every run of this checkpoint
+        return elapsed + time.perf_counter() - start
 
     def on_sigint(signum, frame):  # finish the episode, then save; a second Ctrl-C stops at once
         if interrupted:
@@ -183,7 +187,7 @@ def train(args):
             episode += 1
             writer.writerow(dict(episode=episode, level=level, max_level=curriculum.current,
                                  loss=f"{loss.item():.6g}", bits_error=f"{bits:.6g}",
-                                 ms_per_step=f"{ms:.4g}", seconds=f"{time.perf_counter() - start:.4g}"))
+                                 ms_per_step=f"{ms:.4g}", seconds=f"{seconds():.4g}"))
             bar.set_postfix(loss=f"{loss.item():.3f}", bits=f"{bits:.2f}", level=curriculum.current,
                             ms_step=f"{ms:.2f}")
             bar.update()
@@ -207,16 +211,23 @@ def train(args):
     return 130 if interrupted else 0
 
 
-def _truncate_csv(path, episode):
-    """Keep the metric rows up to ``episode`` (a resumed run writes the later ones again)."""
+def _truncate_csv(path, episode, seconds=None):
+    """Keep the metric rows up to ``episode`` (a resumed run writes the later ones again).
+
+    Returns the training seconds the resumed run starts from: the checkpoint's ``seconds``, or
+    for checkpoints from before it was stored, the last kept row's (0.0 without a CSV).
+    """
     if not os.path.exists(path):
-        return
+        return float(seconds or 0.0)
     with open(path) as f:
         rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= episode]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, CSV_FIELDS)
         w.writeheader()
         w.writerows(rows)
+    if seconds is None:
+        seconds = float(rows[-1]["seconds"]) if rows else 0.0
+    return float(seconds)
 
 
 def _argv_of(args):
@@ -255,7 +266,7 @@ def add_arguments(p):
     p.add_argument("--max-level", type=_positive, default=None,
                    help="the task's hardest level: copy length (20), recall items (6), sort keys (20)")
     p.add_argument("--steps", type=int, default=10_000, help="episodes (optimiser steps)")
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (this invocation's; the CSV's seconds go on across --resume)")
     p.add_argument("--lr", type=float, default=3e-4,
                    help="RMSProp learning rate (3e-4: of 1e-4, 3e-4 and 1e-3, the one that learned copy fastest here)")
     p.add_argument("--momentum", type=float, default=0.9)

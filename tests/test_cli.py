@@ -31,6 +31,10 @@ def test_train_learns_writes_csv_png_and_resumes_exactly(tmp_path):
     key = ["episode", "level", "max_level", "loss", "bits_error"]
     assert [[r[k] for k in key] for r in rows(b / "metrics.csv")] == [[r[k] for k in key] for r in got]
     ck_b = torch.load(b / "checkpoint.pt", weights_only=True)
+    # the clock goes on across the resume: seconds never fall, and the checkpoint holds the total
+    secs = [float(r["seconds"]) for r in rows(b / "metrics.csv")]
+    assert all(x <= y for x, y in zip(secs, secs[1:])), secs[28:32]
+    assert ck_b["seconds"] >= secs[-1] > 0
     for name, tensor in ck["model"].items():
         assert torch.equal(tensor, ck_b["model"][name]), name
 

@@ -1,0 +1,143 @@
+"""Associative recall with the curriculum past 1,000 steps per sequence: SAM, N = 1M, full BPTT.
+
+    python benchmarks/recall_long.py [--seeds 0 1] [--max-level 1024] [--minutes 140] [--jobs 2]
+                                     [--eval-levels 8 32 128 256 512 1024] [--eval-batches 10]
+                                     [--resume] [--eval-only] [--runs-dir runs] [--out-dir benchmarks/results]
+
+What is run
+  For every seed: ``samcpu train --task recall --model sam --slots 1000000 --max-level L --lr 3e-4
+  --seed S --threads 1 --torch-threads 1 --minutes MIN --quiet --out RUNS/recall_long_sS`` (batch 8,
+  LSTM 100, W=32, H=4, K=4, RMSProp, the exponential curriculum from 1 item), --jobs at a time, one
+  core each. Recall episodes with n items of 3 steps take T = 4n + 8 steps, so 256 items are 1,032
+  steps and 1,024 items 4,104. Every episode is a fresh memory and one backward pass through all of
+  its steps (full BPTT, no truncation).
+What is reported
+  Per seed: episodes, wall minutes, the wall time at which the curriculum's maximum first reached each
+  level (and so each maximum sequence length), and the bits error per sequence of the final model on
+  fresh data (seed 10,000 + seed) at each of --eval-levels (items per episode; 18 target bits per
+  sequence, so 9 is chance). ``recall_long.json`` and ``recall_long.png`` (curriculum's maximum
+  sequence length and the training bits error against wall time).
+"""
+import argparse
+import csv
+import os
+import time
+
+import numpy as np
+import torch
+
+from common import HERE, machine_info, write_json
+from learning import ROOT, evaluate, train
+
+ITEM_LEN = 3  # the recall task's default steps per item
+
+
+def steps_of(items):
+    """Steps of a recall episode with ``items`` items (encode_recall's T)."""
+    n = max(2, items)
+    return (n + 2) * ITEM_LEN + n + 2
+
+
+def read_run(out):
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    cols = {k: np.array([float(r[k]) for r in rows]) for k in ("episode", "max_level", "bits_error", "seconds", "ms_per_step")}
+    return cols
+
+
+def milestones(cols):
+    """Wall minutes and episode at which the curriculum's maximum first reached each level."""
+    out = []
+    levels = cols["max_level"]
+    for level in np.unique(levels):
+        i = int(np.argmax(levels >= level))
+        out.append(dict(level=int(level), max_steps=steps_of(int(level)), episode=int(cols["episode"][i]),
+                        minutes=float(cols["seconds"][i] / 60)))
+    return out
+
+
+def plot(runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    styles = ["-", "--", ":", "-."]
+    for r in runs:
+        c = read_run(r["out"])
+        minutes = c["seconds"] / 60
+        style = styles[r["seed"] % len(styles)]
+        top.step(minutes, [steps_of(int(v)) for v in c["max_level"]], where="post", linestyle=style,
+                 color="tab:blue", label=f"seed {r['seed']}")
+        w = max(1, len(c["bits_error"]) // 200)
+        smooth = np.convolve(c["bits_error"], np.ones(w) / w, mode="valid")
+        bottom.plot(minutes[w - 1:], smooth, linestyle=style, color="tab:red", label=f"seed {r['seed']} (mean of {w})")
+    top.axhline(1000, color="grey", linewidth=0.8)
+    top.set_yscale("log")
+    top.set_ylabel("longest episode in the curriculum (steps)")
+    top.set_title("SAM, N = 1,000,000: associative recall, curriculum, full BPTT")
+    top.legend(fontsize=8)
+    bottom.set_yscale("symlog", linthresh=0.1)
+    bottom.set_ylabel("training bits error per sequence")
+    bottom.set_xlabel("wall time (minutes, one core)")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--max-level", type=int, default=1024, help="most items per episode")
+    p.add_argument("--minutes", type=float, default=140.0, help="wall-time budget per run")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--eval-levels", type=int, nargs="+", default=[8, 32, 128, 256, 512, 1024])
+    p.add_argument("--eval-batches", type=int, default=10)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--eval-only", action="store_true", help="evaluate and plot existing runs")
+    p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
+    p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    args = p.parse_args()
+    outs = {s: os.path.join(args.runs_dir, f"recall_long_s{s}") for s in args.seeds}
+    started = time.time()
+    if not args.eval_only:
+        from concurrent.futures import ThreadPoolExecutor
+        extra = ("--max-level", str(args.max_level))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda s: train(args, "recall", "sam", s, args.minutes, out=outs[s], extra=extra),
+                          args.seeds))
+    torch.set_num_threads(2)
+    runs = []
+    for seed, out in outs.items():
+        ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+        c = read_run(out)
+        r = dict(seed=seed, out=out, episodes=int(ck["episode"]), train_minutes=float(c["seconds"][-1] / 60),
+                 final_max_level=int(ck["curriculum"]["current"]),
+                 final_max_steps=steps_of(int(ck["curriculum"]["current"])),
+                 median_ms_per_step=float(np.median(c["ms_per_step"])), milestones=milestones(c), eval=[])
+        print(f"seed {seed}: {r['episodes']:,d} episodes in {r['train_minutes']:.1f} min; curriculum maximum "
+              f"{r['final_max_level']} items = {r['final_max_steps']:,d} steps; median {r['median_ms_per_step']:.2f} ms/step")
+        for m in r["milestones"]:
+            print(f"  level {m['level']:5d} ({m['max_steps']:5d} steps) reached at episode {m['episode']:7,d}, "
+                  f"{m['minutes']:6.1f} min")
+        for level in args.eval_levels:
+            e = evaluate(out, args.eval_batches, level)
+            r["eval"].append(dict(items=level, steps=e["eval_max_steps"], bits_error=e["eval_bits_error"],
+                                  bits_error_se=e["eval_bits_error_se"], sequences=e["eval_sequences"]))
+            print(f"  fresh data, {level:5d} items ({e['eval_max_steps']:5d} steps): bits error / sequence "
+                  f"{e['eval_bits_error']:.3f} +- {e['eval_bits_error_se']:.3f} ({e['eval_sequences']} sequences)",
+                  flush=True)
+        runs.append(r)
+    os.makedirs(args.out_dir, exist_ok=True)
+    png = os.path.join(args.out_dir, "recall_long.png")
+    plot(runs, png)
+    path = os.path.join(args.out_dir, "recall_long.json")
+    write_json(path, dict(machine=machine_info(1), args=vars(args), wall_minutes=(time.time() - started) / 60,
+                          item_len=ITEM_LEN, runs=runs))
+    print(f"wrote {png}\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
