@@ -20,6 +20,7 @@ What is reported
 """
 import argparse
 import csv
+import functools
 import os
 import time
 
@@ -29,13 +30,14 @@ import torch
 from common import HERE, machine_info, write_json
 from learning import ROOT, evaluate, train
 
-ITEM_LEN = 3  # the recall task's default steps per item
+from samcpu.tasks import make_task
 
 
+@functools.lru_cache(maxsize=None)
 def steps_of(items):
-    """Steps of a recall episode with ``items`` items (encode_recall's T)."""
-    n = max(2, items)
-    return (n + 2) * ITEM_LEN + n + 2
+    """Steps of a recall episode with ``items`` items, as the task lays it out."""
+    task = make_task("recall", seed=0, max_items=max(items, 6))
+    return int(task.sample(1, items).input.shape[0])
 
 
 def read_run(out):
@@ -135,7 +137,7 @@ def main():
     plot(runs, png)
     path = os.path.join(args.out_dir, "recall_long.json")
     write_json(path, dict(machine=machine_info(1), args=vars(args), wall_minutes=(time.time() - started) / 60,
-                          item_len=ITEM_LEN, runs=runs))
+                          runs=runs))
     print(f"wrote {png}\nwrote {path}")
 
 

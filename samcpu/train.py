@@ -43,8 +43,11 @@ def build(args, task):
     torch.manual_seed(args.seed)
     common = dict(hidden_size=args.hidden, word_size=args.word, num_heads=args.heads)
     if args.model == "sam":
+        # --threads is the run's core budget: numba's threads and the index's alike (a
+        # thread pool over the batch elements only costs when each run has one core)
+        options = dict(num_threads=args.threads) if args.index == "hnsw" else None
         model = SAM(task.input_size, task.output_size, num_slots=args.slots, k=args.k,
-                    index=args.index, **common)
+                    index=args.index, index_options=options, **common)
     else:
         model = DAM(task.input_size, task.output_size, num_slots=args.slots, **common)
     opt = torch.optim.RMSprop(model.parameters(), lr=args.lr, momentum=args.momentum, eps=1e-10)
@@ -280,7 +283,7 @@ def add_arguments(p):
     p.add_argument("--threshold", type=float, default=1.0, help="curriculum: bits error per sequence")
     p.add_argument("--patience", type=int, default=50, help="curriculum: episodes averaged")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="numba threads")
+    p.add_argument("--threads", type=int, default=2, help="numba and index threads")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--out", default="runs/latest")

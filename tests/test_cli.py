@@ -46,6 +46,19 @@ def test_every_task_and_model_runs(tmp_path, task, model):
     assert len(rows(tmp_path / "metrics.csv")) == 3
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_reach_the_index(threads):
+    import argparse
+
+    from samcpu import train
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    args = p.parse_args(["--slots", "64", "--batch", "4", "--threads", str(threads)])
+    model, _, _ = train.build(args, train.task_of(args, seed=0))
+    model.access.initial_state(4)
+    assert model.access.memory.index.num_threads == threads
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--steps", "2", "--out", str(tmp_path / "none"), "--resume", *TINY]) == 2
     assert "no checkpoint" in capsys.readouterr().err
