@@ -87,11 +87,17 @@ def evaluate(out, batches, level=None):
                 eval_sequences=batches * a.batch, eval_max_steps=int(steps))
 
 
-def read_curve(out):
+def read_metrics(out):
+    """The columns of a run's metrics.csv as float arrays, by name."""
     with open(os.path.join(out, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
-    return (np.array([int(r["episode"]) for r in rows]), np.array([float(r["bits_error"]) for r in rows]),
-            np.array([float(r["seconds"]) for r in rows]))
+    from samcpu.train import CSV_FIELDS
+    return {k: np.array([float(r[k]) for r in rows]) for k in CSV_FIELDS}
+
+
+def read_curve(out):
+    c = read_metrics(out)
+    return c["episode"].astype(int), c["bits_error"], c["seconds"]
 
 
 def plot(task, runs, path):

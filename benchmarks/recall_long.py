@@ -1,6 +1,6 @@
 """Associative recall with the curriculum past 1,000 steps per sequence: SAM, N = 1M, full BPTT.
 
-    python benchmarks/recall_long.py [--seeds 0 1] [--max-level 1024] [--minutes 140] [--jobs 2]
+    python benchmarks/recall_long.py [--seeds 0 1 2] [--max-level 1024] [--minutes 140] [--jobs 2]
                                      [--eval-levels 8 32 128 256 512 1024] [--eval-batches 10]
                                      [--resume] [--eval-only] [--runs-dir runs] [--out-dir benchmarks/results]
 
@@ -19,16 +19,16 @@ What is reported
   sequence length and the training bits error against wall time).
 """
 import argparse
-import csv
 import functools
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from common import HERE, machine_info, write_json
-from learning import ROOT, evaluate, train
+from learning import ROOT, evaluate, read_metrics, train
 
 from samcpu.tasks import make_task
 
@@ -38,13 +38,6 @@ def steps_of(items):
     """Steps of a recall episode with ``items`` items, as the task lays it out."""
     task = make_task("recall", seed=0, max_items=max(items, 6))
     return int(task.sample(1, items).input.shape[0])
-
-
-def read_run(out):
-    with open(os.path.join(out, "metrics.csv")) as f:
-        rows = list(csv.DictReader(f))
-    cols = {k: np.array([float(r[k]) for r in rows]) for k in ("episode", "max_level", "bits_error", "seconds", "ms_per_step")}
-    return cols
 
 
 def milestones(cols):
@@ -58,15 +51,14 @@ def milestones(cols):
     return out
 
 
-def plot(runs, path):
+def plot(runs, curves, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     styles = ["-", "--", ":", "-."]
-    for r in runs:
-        c = read_run(r["out"])
+    for r, c in zip(runs, curves):
         minutes = c["seconds"] / 60
         style = styles[r["seed"] % len(styles)]
         top.step(minutes, [steps_of(int(v)) for v in c["max_level"]], where="post", linestyle=style,
@@ -74,7 +66,7 @@ def plot(runs, path):
         w = max(1, len(c["bits_error"]) // 200)
         smooth = np.convolve(c["bits_error"], np.ones(w) / w, mode="valid")
         bottom.plot(minutes[w - 1:], smooth, linestyle=style, color="tab:red", label=f"seed {r['seed']} (mean of {w})")
-    top.axhline(1000, color="grey", linewidth=0.8)
+    top.axhline(1000, color="grey", linewidth=0.8, label="1,000 steps")
     top.set_yscale("log")
     top.set_ylabel("longest episode in the curriculum (steps)")
     top.set_title("SAM, N = 1,000,000: associative recall, curriculum, full BPTT")
@@ -90,7 +82,7 @@ def plot(runs, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-level", type=int, default=1024, help="most items per episode")
     p.add_argument("--minutes", type=float, default=140.0, help="wall-time budget per run")
     p.add_argument("--jobs", type=int, default=2)
@@ -102,20 +94,33 @@ def main():
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     args = p.parse_args()
+    too_hard = [n for n in args.eval_levels if n > args.max_level]
+    if too_hard:
+        p.error(f"--eval-levels {too_hard} exceed --max-level {args.max_level}")
     outs = {s: os.path.join(args.runs_dir, f"recall_long_s{s}") for s in args.seeds}
     started = time.time()
+    failed = set()
     if not args.eval_only:
-        from concurrent.futures import ThreadPoolExecutor
         extra = ("--max-level", str(args.max_level))
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda s: train(args, "recall", "sam", s, args.minutes, out=outs[s], extra=extra),
-                          args.seeds))
+            done = pool.map(lambda s: train(args, "recall", "sam", s, args.minutes, out=outs[s], extra=extra),
+                            args.seeds)
+            failed = {r["seed"] for r in done if r["returncode"] != 0}
     torch.set_num_threads(2)
-    runs = []
+    runs, curves = [], []
     for seed, out in outs.items():
+        if seed in failed or not os.path.exists(os.path.join(out, "checkpoint.pt")):
+            print(f"seed {seed}: no run (failed or missing)")
+            continue
         ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
-        c = read_run(out)
-        r = dict(seed=seed, out=out, episodes=int(ck["episode"]), train_minutes=float(c["seconds"][-1] / 60),
+        c = read_metrics(out)
+        if not len(c["episode"]):
+            print(f"seed {seed}: no metrics yet")
+            continue
+        # the settings the run was trained with, from its checkpoint (it may have been
+        # launched or resumed by hand with other --minutes)
+        r = dict(seed=seed, out=out, trained_with=ck["args"], episodes=int(ck["episode"]),
+                 train_minutes=float(c["seconds"][-1] / 60),
                  final_max_level=int(ck["curriculum"]["current"]),
                  final_max_steps=steps_of(int(ck["curriculum"]["current"])),
                  median_ms_per_step=float(np.median(c["ms_per_step"])), milestones=milestones(c), eval=[])
@@ -132,9 +137,10 @@ def main():
                   f"{e['eval_bits_error']:.3f} +- {e['eval_bits_error_se']:.3f} ({e['eval_sequences']} sequences)",
                   flush=True)
         runs.append(r)
+        curves.append(c)
     os.makedirs(args.out_dir, exist_ok=True)
     png = os.path.join(args.out_dir, "recall_long.png")
-    plot(runs, png)
+    plot(runs, curves, png)
     path = os.path.join(args.out_dir, "recall_long.json")
     write_json(path, dict(machine=machine_info(1), args=vars(args), wall_minutes=(time.time() - started) / 60,
                           runs=runs))

@@ -75,6 +75,10 @@ def peak_memory(kind, n, steps, timeout):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
         return None
+    except subprocess.CalledProcessError as e:  # e.g. killed for memory: no figure, say why
+        print(f"  {kind} N={n:,}: memory worker failed ({e.returncode}): {e.stderr.strip()[-300:]}",
+              file=sys.stderr)
+        return None
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -160,7 +164,7 @@ def add_arguments(p):
     p.add_argument("what", choices=["scaling"])
     p.add_argument("--slots", nargs="+", default=["1e3", "1e4", "1e5", "1e6", "1e7"])
     p.add_argument("--dam-max", type=lambda s: int(float(s)), default=100_000,
-                   help="largest N at which DAM is run (1e5: about 6 GiB at T=100; 1e6 would need about 60)")
+                   help="largest N at which DAM is run")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=20, help="steps per timed sequence")
     p.add_argument("--repeats", type=int, default=3)

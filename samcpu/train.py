@@ -145,9 +145,16 @@ def train(args):
         levels.bit_generator.state = ck["level_rng"]
         torch.set_rng_state(ck["torch_rng"])
         episode = ck["episode"]
-        elapsed = _truncate_csv(csv_path, episode, ck.get("seconds"))
+        kept = _truncate_csv(csv_path, episode)
+        # checkpoints from before "seconds" was stored: the last kept row's clock (which
+        # counts from the last resume, if such a run was resumed before)
+        elapsed = float(ck.get("seconds", kept[-1]["seconds"] if kept else 0.0))
     elif os.path.exists(csv_path):
         os.remove(csv_path)
+    start = time.perf_counter()
+
+    def seconds():  # training wall time, over every run of this checkpoint
+        return elapsed + time.perf_counter() - start
 
     def checkpoint():
         save_checkpoint(ckpt_path, dict(
@@ -162,11 +169,7 @@ def train(args):
         writer.writeheader()
     bar = tqdm(total=args.steps, initial=episode, disable=args.quiet, dynamic_ncols=True,
                desc=f"{args.model} {args.task} N={args.slots:,}")
-    start = time.perf_counter()
     interrupted = []
-
-    def seconds():  # training wall time, over every run of this checkpoint
-        return elapsed + time.perf_counter() - start
 
     def on_sigint(signum, frame):  # finish the episode, then save; a second Ctrl-C stops at once
         if interrupted:
@@ -190,7 +193,7 @@ def train(args):
             episode += 1
             writer.writerow(dict(episode=episode, level=level, max_level=curriculum.current,
                                  loss=f"{loss.item():.6g}", bits_error=f"{bits:.6g}",
-                                 ms_per_step=f"{ms:.4g}", seconds=f"{seconds():.4g}"))
+                                 ms_per_step=f"{ms:.4g}", seconds=f"{seconds():.3f}"))
             bar.set_postfix(loss=f"{loss.item():.3f}", bits=f"{bits:.2f}", level=curriculum.current,
                             ms_step=f"{ms:.2f}")
             bar.update()
@@ -214,23 +217,18 @@ def train(args):
     return 130 if interrupted else 0
 
 
-def _truncate_csv(path, episode, seconds=None):
-    """Keep the metric rows up to ``episode`` (a resumed run writes the later ones again).
-
-    Returns the training seconds the resumed run starts from: the checkpoint's ``seconds``, or
-    for checkpoints from before it was stored, the last kept row's (0.0 without a CSV).
-    """
+def _truncate_csv(path, episode):
+    """Keep the metric rows up to ``episode`` (a resumed run writes the later ones again);
+    returns the kept rows (none without a CSV)."""
     if not os.path.exists(path):
-        return float(seconds or 0.0)
+        return []
     with open(path) as f:
         rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= episode]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, CSV_FIELDS)
         w.writeheader()
         w.writerows(rows)
-    if seconds is None:
-        seconds = float(rows[-1]["seconds"]) if rows else 0.0
-    return float(seconds)
+    return rows
 
 
 def _argv_of(args):
@@ -271,7 +269,8 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=10_000, help="episodes (optimiser steps)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (this invocation's; the CSV's seconds go on across --resume)")
     p.add_argument("--lr", type=float, default=3e-4,
-                   help="RMSProp learning rate (3e-4: of 1e-4, 3e-4 and 1e-3, the one that learned copy fastest here)")
+                   help="RMSProp learning rate (3e-4: of 1e-4, 3e-4 and 1e-3, the one that learned "
+                        "copy fastest here)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--clip", type=float, default=10.0, help="gradient norm clip")
     p.add_argument("--hidden", type=int, default=100)
@@ -283,7 +282,7 @@ def add_arguments(p):
     p.add_argument("--threshold", type=float, default=1.0, help="curriculum: bits error per sequence")
     p.add_argument("--patience", type=int, default=50, help="curriculum: episodes averaged")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="numba and index threads")
+    p.add_argument("--threads", type=_positive, default=2, help="numba and HNSW index threads")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--out", default="runs/latest")

@@ -46,17 +46,50 @@ def test_every_task_and_model_runs(tmp_path, task, model):
     assert len(rows(tmp_path / "metrics.csv")) == 3
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_threads_reach_the_index(threads):
+def parse(argv):
     import argparse
 
     from samcpu import train
     p = argparse.ArgumentParser()
     train.add_arguments(p)
-    args = p.parse_args(["--slots", "64", "--batch", "4", "--threads", str(threads)])
+    return p.parse_args(argv)
+
+
+@pytest.mark.parametrize("index", ["hnsw", "exact"])
+def test_threads_reach_the_index(index):
+    from samcpu import train
+    args = parse(["--slots", "64", "--batch", "4", "--threads", "1", "--index", index])
     model, _, _ = train.build(args, train.task_of(args, seed=0))
     model.access.initial_state(4)
-    assert model.access.memory.index.num_threads == threads
+    if index == "hnsw":  # the index's own default is 2
+        assert model.access.memory.index.num_threads == 1
+    with pytest.raises(SystemExit):
+        parse(["--threads", "0"])
+
+
+def test_resume_clock_without_csv_or_from_an_old_checkpoint(tmp_path):
+    """The clock a resumed run starts from: the checkpoint's, else the last kept CSV row's."""
+    a = tmp_path / "a"
+    assert main(["train", "--task", "copy", "--steps", "20", "--out", str(a), *TINY]) == 0
+    ck_path = a / "checkpoint.pt"
+    ck = torch.load(ck_path, weights_only=True)
+    assert ck["episode"] == 20 and ck["seconds"] > 0
+    # an old checkpoint (no "seconds") at episode 10, with a CSV that runs on to 20
+    old = {**ck, "episode": 10}
+    del old["seconds"]
+    torch.save(old, ck_path)
+    kept = float(rows(a / "metrics.csv")[9]["seconds"])
+    assert main(["train", "--task", "copy", "--steps", "12", "--out", str(a), "--resume", *TINY]) == 0
+    got = rows(a / "metrics.csv")
+    assert [int(r["episode"]) for r in got] == list(range(1, 13))
+    assert float(got[10]["seconds"]) >= kept
+    # a checkpoint whose CSV is gone: the clock is the checkpoint's
+    ck = torch.load(ck_path, weights_only=True)
+    (a / "metrics.csv").unlink()
+    assert main(["train", "--task", "copy", "--steps", "14", "--out", str(a), "--resume", *TINY]) == 0
+    got = rows(a / "metrics.csv")
+    assert [int(r["episode"]) for r in got] == [13, 14]
+    assert float(got[0]["seconds"]) >= ck["seconds"]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
