@@ -267,7 +267,8 @@ def add_arguments(p):
     p.add_argument("--max-level", type=_positive, default=None,
                    help="the task's hardest level: copy length (20), recall items (6), sort keys (20)")
     p.add_argument("--steps", type=int, default=10_000, help="episodes (optimiser steps)")
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (this invocation's; the CSV's seconds go on across --resume)")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (this invocation's; the CSV's seconds go "
+                        "on across --resume)")
     p.add_argument("--lr", type=float, default=3e-4,
                    help="RMSProp learning rate (3e-4: of 1e-4, 3e-4 and 1e-3, the one that learned "
                         "copy fastest here)")
