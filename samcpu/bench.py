@@ -3,8 +3,9 @@
 Time of one forward + backward training step (B=8, W=32, H=4, K=4, LSTM 100) and peak training
 memory (B=1, T=100 steps of BPTT) against the memory size N, for SAM and for the dense DAM,
 in one run. DAM is measured while it fits the time and memory budgets; beyond, a straight line
-fitted in log-log space to its measured points is drawn dashed and labelled "fitted". Peak
-memory is measured in a fresh worker process per configuration (Linux VmHWM after a reset).
+fitted in log-log space to its measured points is drawn dashed and labelled "fitted". Each
+measurement runs in a fresh worker process (peak memory first, as Linux VmHWM after a reset, then
+the time), so none inherits the heap of another and the parent stays small.
 Writes ``scaling.json`` and ``scaling.png`` into ``--out``.
 """
 import json
@@ -69,17 +70,24 @@ def peak_memory_worker(kind, n, steps):
     return _vm_hwm() - base
 
 
-def peak_memory(kind, n, steps, timeout):
-    cmd = [sys.executable, "-m", "samcpu.bench", "--worker", kind, str(n), str(steps)]
+def _worker(what, args, timeout=None, threads=1):
+    """Run ``python -m samcpu.bench --worker WHAT THREADS ARGS...`` in a fresh process and return
+    the number it prints, or None when it times out or fails (e.g. killed for memory; the reason is
+    printed). Each measurement gets its own process so that none inherits another's heap."""
+    cmd = [sys.executable, "-m", "samcpu.bench", "--worker", what, str(threads), *map(str, args)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
         return None
-    except subprocess.CalledProcessError as e:  # e.g. killed for memory: no figure, say why
-        print(f"  {kind} N={n:,}: memory worker failed ({e.returncode}): {e.stderr.strip()[-300:]}",
-              file=sys.stderr)
+    except subprocess.CalledProcessError as e:
+        print(f"  {what} worker {args} failed ({e.returncode}): {e.stderr.strip()[-300:]}", file=sys.stderr)
         return None
-    return int(out.stdout.strip().splitlines()[-1])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def peak_memory(kind, n, steps, timeout):
+    peak = _worker("memory", (kind, n, steps), timeout)
+    return None if peak is None else int(peak)
 
 
 def fit_loglog(ns, values):
@@ -88,7 +96,6 @@ def fit_loglog(ns, values):
 
 
 def scaling(args):
-    torch.set_num_threads(args.torch_threads)
     slots = [int(float(s)) for s in args.slots]
     res = dict(settings=dict(batch=args.batch, steps=args.steps, word_size=W, heads=H, k=K, hidden=HIDDEN,
                              memory_batch=1, memory_steps=args.memory_steps), sam=[], dam=[])
@@ -98,9 +105,15 @@ def scaling(args):
             if kind == "dam" and n > args.dam_max:
                 row["skipped"] = f"N > --dam-max {args.dam_max}"
             else:
-                row["ms_per_step"] = 1e3 * step_time(kind, n, args.batch, args.steps, args.repeats)
+                # memory first, so that the parent has allocated nothing big when the worker
+                # that needs most memory runs; each measurement in its own process
                 peak = peak_memory(kind, n, args.memory_steps, args.timeout)
                 row["peak_mib"] = None if peak is None else peak / 2**20
+                secs = _worker("time", (kind, n, args.batch, args.steps, args.repeats), threads=args.torch_threads)
+                if secs is None:
+                    row["failed"] = "timing worker failed"
+                else:
+                    row["ms_per_step"] = 1e3 * secs
             res[kind].append(row)
             print(f"{kind.upper()} N={n:>10,}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                           for k, v in row.items() if k != "n"), flush=True)
@@ -114,7 +127,7 @@ def scaling(args):
     for s, d in zip(res["sam"], res["dam"]):
         parts = []
         for key, label in (("ms_per_step", "time"), ("peak_mib", "memory")):
-            if d.get(key):
+            if d.get(key) and s.get(key):
                 ratio, mark = d[key] / s[key], ""
             elif f"dam_fit_{key}" in res and s.get(key):
                 a, b = res[f"dam_fit_{key}"]
@@ -177,5 +190,7 @@ def add_arguments(p):
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        torch.set_num_threads(1)
-        print(peak_memory_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+        what, threads, kind, *nums = sys.argv[2:]
+        torch.set_num_threads(int(threads))
+        fn = peak_memory_worker if what == "memory" else step_time
+        print(fn(kind, *map(int, nums)))

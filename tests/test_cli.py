@@ -154,3 +154,21 @@ def test_bad_max_level_is_refused_by_name(tmp_path, capsys, value):
     with pytest.raises(SystemExit):
         main(["train", "--max-level", value, "--out", str(tmp_path), *TINY])
     assert "--max-level" in capsys.readouterr().err
+
+
+def test_bench_worker_failure_is_reported_not_fatal(tmp_path, capsys, monkeypatch):
+    import json
+
+    from samcpu import bench
+
+    assert bench._worker("time", ("sam", "not-a-number", 1, 1, 1)) is None
+    assert "time worker" in capsys.readouterr().err
+    real = bench._worker
+    monkeypatch.setattr(bench, "_worker", lambda what, args, *a, **k: None if args[:2] == ("dam", 300)
+                        else real(what, args, *a, **k))
+    out = tmp_path / "bench"
+    assert main(["bench", "scaling", "--slots", "100", "300", "--dam-max", "300", "--steps", "2",
+                 "--repeats", "1", "--memory-steps", "3", "--out", str(out)]) == 0
+    dam = json.loads((out / "scaling.json").read_text())["dam"]
+    assert dam[0]["ms_per_step"] > 0 and dam[0]["peak_mib"] is not None
+    assert dam[1]["failed"] == "timing worker failed" and dam[1]["peak_mib"] is None
