@@ -64,9 +64,10 @@ def train(args, task, model, seed, minutes, out=None, extra=()):
     return dict(task=task, model=model, seed=seed, returncode=p.returncode, wall_s=wall, out=out)
 
 
-def evaluate(out, batches, level=None):
+def evaluate(out, batches, level=None, zero_reads=False):
     """Bits error per sequence of the checkpoint in ``out`` on fresh data at ``level`` (None:
-    the task's full difficulty, as its training draws it without a curriculum)."""
+    the task's full difficulty, as its training draws it without a curriculum). ``zero_reads``:
+    an ablation, the controller gets zeros instead of what it read from the memory."""
     from samcpu.tasks import bits_error
     from samcpu.train import build, task_of
     ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
@@ -74,6 +75,9 @@ def evaluate(out, batches, level=None):
     task = task_of(a, seed=10_000 + a.seed)
     model, _, _ = build(a, task)
     model.load_state_dict(ck["model"])
+    if zero_reads:
+        read = model._access_step
+        model._access_step = lambda h, state: (lambda r, s: (torch.zeros_like(r), s))(*read(h, state))
     errs, steps = [], 0
     with torch.no_grad():
         for _ in range(batches):

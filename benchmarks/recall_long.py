@@ -1,7 +1,8 @@
 """Associative recall with the curriculum past 1,000 steps per sequence: SAM, N = 1M, full BPTT.
 
     python benchmarks/recall_long.py [--seeds 0 1 2] [--max-level 1024] [--minutes 140] [--jobs 2]
-                                     [--eval-levels 8 32 128 256 512 1024] [--eval-batches 10]
+                                     [--eval-levels 8 32 128 256 512 1024] [--ablate-levels 8 256]
+                                     [--eval-batches 10]
                                      [--resume] [--eval-only] [--runs-dir runs] [--out-dir benchmarks/results]
 
 What is run
@@ -15,8 +16,10 @@ What is reported
   Per seed: episodes, wall minutes, the wall time at which the curriculum's maximum first reached each
   level (and so each maximum sequence length), and the bits error per sequence of the final model on
   fresh data (seed 10,000 + seed) at each of --eval-levels (items per episode; 18 target bits per
-  sequence, so 9 is chance). ``recall_long.json`` and ``recall_long.png`` (curriculum's maximum
-  sequence length and the training bits error against wall time).
+  sequence, so 9 is chance), and, as an ablation, at each of --ablate-levels with the controller
+  given zeros instead of its reads (near chance if the model uses its memory). ``recall_long.json``
+  and ``recall_long.png`` (curriculum's maximum sequence length and the training bits error against
+  wall time).
 """
 import argparse
 import functools
@@ -88,15 +91,17 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--eval-levels", type=int, nargs="+", default=[8, 32, 128, 256, 512, 1024])
+    p.add_argument("--ablate-levels", type=int, nargs="*", default=[8, 256],
+                   help="levels also evaluated with the reads zeroed (is the memory used?)")
     p.add_argument("--eval-batches", type=int, default=10)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--eval-only", action="store_true", help="evaluate and plot existing runs")
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"))
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     args = p.parse_args()
-    too_hard = [n for n in args.eval_levels if n > args.max_level]
+    too_hard = [n for n in args.eval_levels + args.ablate_levels if n > args.max_level]
     if too_hard:
-        p.error(f"--eval-levels {too_hard} exceed --max-level {args.max_level}")
+        p.error(f"--eval-levels/--ablate-levels {too_hard} exceed --max-level {args.max_level}")
     outs = {s: os.path.join(args.runs_dir, f"recall_long_s{s}") for s in args.seeds}
     started = time.time()
     failed = set()
@@ -123,7 +128,8 @@ def main():
                  train_minutes=float(c["seconds"][-1] / 60),
                  final_max_level=int(ck["curriculum"]["current"]),
                  final_max_steps=steps_of(int(ck["curriculum"]["current"])),
-                 median_ms_per_step=float(np.median(c["ms_per_step"])), milestones=milestones(c), eval=[])
+                 median_ms_per_step=float(np.median(c["ms_per_step"])), milestones=milestones(c), eval=[],
+                 eval_reads_zeroed=[])
         print(f"seed {seed}: {r['episodes']:,d} episodes in {r['train_minutes']:.1f} min; curriculum maximum "
               f"{r['final_max_level']} items = {r['final_max_steps']:,d} steps; median {r['median_ms_per_step']:.2f} ms/step")
         for m in r["milestones"]:
@@ -136,6 +142,12 @@ def main():
             print(f"  fresh data, {level:5d} items ({e['eval_max_steps']:5d} steps): bits error / sequence "
                   f"{e['eval_bits_error']:.3f} +- {e['eval_bits_error_se']:.3f} ({e['eval_sequences']} sequences)",
                   flush=True)
+        for level in args.ablate_levels:
+            e = evaluate(out, args.eval_batches, level, zero_reads=True)
+            r["eval_reads_zeroed"].append(dict(items=level, steps=e["eval_max_steps"], bits_error=e["eval_bits_error"],
+                                               bits_error_se=e["eval_bits_error_se"], sequences=e["eval_sequences"]))
+            print(f"  reads zeroed, {level:5d} items: bits error / sequence {e['eval_bits_error']:.3f} "
+                  f"+- {e['eval_bits_error_se']:.3f}", flush=True)
         runs.append(r)
         curves.append(c)
     os.makedirs(args.out_dir, exist_ok=True)
