@@ -54,6 +54,25 @@ def milestones(cols):
     return out
 
 
+def markdown(runs):
+    """The README's tables: one row per seed, then the fresh-data bits error per size."""
+    lines = ["| seed | minutes | episodes | curriculum maximum (items / steps) | median ms per step |",
+             "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['seed']} | {r['train_minutes']:.1f} | {r['episodes']:,d} | {r['final_max_level']} / "
+              f"{r['final_max_steps']:,d} | {r['median_ms_per_step']:.2f} |" for r in runs]
+    for key, what in (("eval", "fresh data"), ("eval_reads_zeroed", "fresh data, reads zeroed")):
+        sizes = sorted({(e["items"], e["steps"]) for r in runs for e in r.get(key, [])})
+        if not sizes:
+            continue
+        lines += ["", f"| seed ({what}) | " + " | ".join(f"{n:,d} items ({t:,d} steps)" for n, t in sizes) + " |",
+                  "|---:|" + "---:|" * len(sizes)]
+        for r in runs:
+            by = {e["items"]: e for e in r.get(key, [])}
+            lines.append(f"| {r['seed']} | " + " | ".join(
+                f"{by[n]['bits_error']:.2f} ± {by[n]['bits_error_se']:.2f}" if n in by else "-" for n, _ in sizes) + " |")
+    return "\n".join(lines)
+
+
 def plot(runs, curves, path):
     import matplotlib
 
@@ -156,7 +175,7 @@ def main():
     path = os.path.join(args.out_dir, "recall_long.json")
     write_json(path, dict(machine=machine_info(1), args=vars(args), wall_minutes=(time.time() - started) / 60,
                           runs=runs))
-    print(f"wrote {png}\nwrote {path}")
+    print(f"wrote {png}\nwrote {path}\n\n{markdown(runs)}")
 
 
 if __name__ == "__main__":
