@@ -1,4 +1,4 @@
-"""`make demo`: a NumPy-level tour of SparseMemory on a 10M-slot memory, with timings.
+"""`make tour`: a NumPy-level tour of SparseMemory on a 10M-slot memory, with timings.
 
     python -m samcpu.demo [--slots N] [--steps T]
 """
