@@ -67,7 +67,8 @@ def train(args, task, model, seed, minutes, out=None, extra=()):
 def evaluate(out, batches, level=None, zero_reads=False):
     """Bits error per sequence of the checkpoint in ``out`` on fresh data at ``level`` (None:
     the task's full difficulty, as its training draws it without a curriculum). ``zero_reads``:
-    an ablation, the controller gets zeros instead of what it read from the memory."""
+    an ablation, the network gets zeros instead of what it read from the memory (in the
+    controller's input and in the output layer's)."""
     from samcpu.tasks import bits_error
     from samcpu.train import build, task_of
     ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)

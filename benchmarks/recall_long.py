@@ -16,7 +16,7 @@ What is reported
   Per seed: episodes, wall minutes, the wall time at which the curriculum's maximum first reached each
   level (and so each maximum sequence length), and the bits error per sequence of the final model on
   fresh data (seed 10,000 + seed) at each of --eval-levels (items per episode; 18 target bits per
-  sequence, so 9 is chance), and, as an ablation, at each of --ablate-levels with the controller
+  sequence, so 9 is chance), and, as an ablation, at each of --ablate-levels with the network
   given zeros instead of its reads (near chance if the model uses its memory). ``recall_long.json``
   and ``recall_long.png`` (curriculum's maximum sequence length and the training bits error against
   wall time).

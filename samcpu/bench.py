@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from .nn import DAM, SAM
+from .train import _positive
 
 IO, HIDDEN, W, H, K = 8, 100, 32, 4, 4
 
@@ -77,12 +78,15 @@ def _worker(what, args, timeout=None, threads=1):
     cmd = [sys.executable, "-m", "samcpu.bench", "--worker", what, str(threads), *map(str, args)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+        return float(out.stdout.split()[-1])
     except subprocess.TimeoutExpired:
-        return None
+        why = f"timed out after {timeout:g} s"
     except subprocess.CalledProcessError as e:
-        print(f"  {what} worker {args} failed ({e.returncode}): {e.stderr.strip()[-300:]}", file=sys.stderr)
-        return None
-    return float(out.stdout.strip().splitlines()[-1])
+        why = f"exit {e.returncode}: {e.stderr.strip()[-300:]}"
+    except (IndexError, ValueError):
+        why = f"printed no number: {out.stdout.strip()[-300:]!r}"
+    print(f"  {what} worker {args} failed ({why})", file=sys.stderr)
+    return None
 
 
 def peak_memory(kind, n, steps, timeout):
@@ -109,15 +113,17 @@ def scaling(args):
                 # that needs most memory runs; each measurement in its own process
                 peak = peak_memory(kind, n, args.memory_steps, args.timeout)
                 row["peak_mib"] = None if peak is None else peak / 2**20
-                secs = _worker("time", (kind, n, args.batch, args.steps, args.repeats), threads=args.torch_threads)
-                if secs is None:
-                    row["failed"] = "timing worker failed"
-                else:
+                secs = _worker("time", (kind, n, args.batch, args.steps, args.repeats), args.timeout,
+                               threads=args.torch_threads)
+                if secs is not None:
                     row["ms_per_step"] = 1e3 * secs
+                failed = [what for what, v in (("memory", peak), ("time", secs)) if v is None]
+                if failed:
+                    row["failed"] = failed  # the worker's reason was printed
             res[kind].append(row)
             print(f"{kind.upper()} N={n:>10,}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                           for k, v in row.items() if k != "n"), flush=True)
-    measured = [r for r in res["dam"] if "ms_per_step" in r]
+    measured = [r for r in res["dam"] if "skipped" not in r]
     if len(measured) >= 2:
         for key in ("ms_per_step", "peak_mib"):
             pts = [(r["n"], r[key]) for r in measured if r.get(key)]
@@ -183,8 +189,9 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=20, help="steps per timed sequence")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory-steps", type=int, default=100)
-    p.add_argument("--timeout", type=float, default=600, help="seconds per memory worker")
-    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=1200, help="seconds per worker process")
+    p.add_argument("--torch-threads", type=_positive, default=1,
+                   help="torch threads in the timing workers (memory workers use 1)")
     p.add_argument("--out", default="runs/bench")
 
 
@@ -192,5 +199,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         what, threads, kind, *nums = sys.argv[2:]
         torch.set_num_threads(int(threads))
-        fn = peak_memory_worker if what == "memory" else step_time
+        fn = dict(memory=peak_memory_worker, time=step_time)[what]
         print(fn(kind, *map(int, nums)))

@@ -156,19 +156,37 @@ def test_bad_max_level_is_refused_by_name(tmp_path, capsys, value):
     assert "--max-level" in capsys.readouterr().err
 
 
-def test_bench_worker_failure_is_reported_not_fatal(tmp_path, capsys, monkeypatch):
+def test_bench_workers_get_threads_and_failures_are_reported_not_fatal(tmp_path, capsys, monkeypatch):
     import json
+    import subprocess
 
     from samcpu import bench
 
-    assert bench._worker("time", ("sam", "not-a-number", 1, 1, 1)) is None
-    assert "time worker" in capsys.readouterr().err
-    real = bench._worker
-    monkeypatch.setattr(bench, "_worker", lambda what, args, *a, **k: None if args[:2] == ("dam", 300)
-                        else real(what, args, *a, **k))
+    calls = []
+
+    def fake_run(cmd, **kw):  # a worker's protocol without starting one
+        what, threads, kind, n = cmd[4:8]
+        calls.append((what, threads, kind, int(n)))
+        if (what, kind, n) == ("time", "dam", "300"):
+            raise subprocess.CalledProcessError(-9, cmd, "", "Killed")
+        if (what, kind, n) == ("memory", "sam", "100"):
+            return subprocess.CompletedProcess(cmd, 0, "no number here\n", "")
+        return subprocess.CompletedProcess(cmd, 0, f"{int(n) * (10 if kind == 'dam' else 1)}\n", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
     out = tmp_path / "bench"
-    assert main(["bench", "scaling", "--slots", "100", "300", "--dam-max", "300", "--steps", "2",
-                 "--repeats", "1", "--memory-steps", "3", "--out", str(out)]) == 0
-    dam = json.loads((out / "scaling.json").read_text())["dam"]
-    assert dam[0]["ms_per_step"] > 0 and dam[0]["peak_mib"] is not None
-    assert dam[1]["failed"] == "timing worker failed" and dam[1]["peak_mib"] is None
+    assert main(["bench", "scaling", "--slots", "100", "300", "1000", "--dam-max", "300",
+                 "--torch-threads", "2", "--out", str(out)]) == 0
+    assert {(w, t) for w, t, _, _ in calls} == {("memory", "1"), ("time", "2")}
+    err = capsys.readouterr().err
+    assert "Killed" in err and "printed no number" in err
+    res = json.loads((out / "scaling.json").read_text())
+    assert res["sam"][0]["failed"] == ["memory"] and res["sam"][0]["ms_per_step"] == 100e3
+    assert res["dam"][1]["failed"] == ["time"] and "ms_per_step" not in res["dam"][1]
+    assert "dam_fit_peak_mib" in res and "dam_fit_ms_per_step" not in res  # the row still counts for memory
+
+
+def test_bench_refuses_bad_torch_threads(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "scaling", "--torch-threads", "0"])
+    assert "--torch-threads" in capsys.readouterr().err
