@@ -182,9 +182,9 @@ def plot(res, path):
 def add_arguments(p):
     p.add_argument("what", choices=["scaling"])
     p.add_argument("--slots", nargs="+", default=["1e3", "1e4", "1e5", "1e6", "1e7"])
-    p.add_argument("--dam-max", type=lambda s: int(float(s)), default=65_536,
-                   help="largest N at which DAM is run (at 1e5 its memory worker, 19.8 GiB alone, was "
-                        "killed for memory inside a full run on this 24 GB machine)")
+    p.add_argument("--dam-max", type=lambda s: int(float(s)), default=100_000,
+                   help="largest N at which DAM is run (at 1e5 its memory worker grows by 19.2 GiB; "
+                        "with less memory a killed worker is reported and the run goes on)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=20, help="steps per timed sequence")
     p.add_argument("--repeats", type=int, default=3)
