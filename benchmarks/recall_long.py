@@ -54,6 +54,19 @@ def milestones(cols):
     return out
 
 
+def ms_by_length(cols):
+    """Median ms per training step of the episodes whose item count lies in (L/2, L], for each
+    power of two L: how the step's cost grows with the episode's length."""
+    levels = cols["level"].astype(int)
+    out = []
+    for top in 2 ** np.arange(int(np.ceil(np.log2(levels.max()))) + 1):
+        sel = (levels <= top) & (levels > top // 2)
+        if sel.any():
+            out.append(dict(items=[int(top // 2 + 1), int(top)], steps=[steps_of(int(top // 2 + 1)), steps_of(int(top))],
+                            episodes=int(sel.sum()), median_ms_per_step=float(np.median(cols["ms_per_step"][sel]))))
+    return out
+
+
 def markdown(runs):
     """The README's tables: one row per seed, then the fresh-data bits error per size."""
     lines = ["| seed | minutes | episodes | curriculum maximum (items / steps) | median ms per step |",
@@ -147,26 +160,24 @@ def main():
                  train_minutes=float(c["seconds"][-1] / 60),
                  final_max_level=int(ck["curriculum"]["current"]),
                  final_max_steps=steps_of(int(ck["curriculum"]["current"])),
-                 median_ms_per_step=float(np.median(c["ms_per_step"])), milestones=milestones(c), eval=[],
-                 eval_reads_zeroed=[])
+                 median_ms_per_step=float(np.median(c["ms_per_step"])), milestones=milestones(c),
+                 ms_by_length=ms_by_length(c), eval=[], eval_reads_zeroed=[])
         print(f"seed {seed}: {r['episodes']:,d} episodes in {r['train_minutes']:.1f} min; curriculum maximum "
               f"{r['final_max_level']} items = {r['final_max_steps']:,d} steps; median {r['median_ms_per_step']:.2f} ms/step")
+        for m in r["ms_by_length"]:
+            print(f"  episodes of {m['steps'][0]:5d}-{m['steps'][1]:5d} steps: median {m['median_ms_per_step']:.2f} "
+                  f"ms/step ({m['episodes']:,d} episodes)")
         for m in r["milestones"]:
             print(f"  level {m['level']:5d} ({m['max_steps']:5d} steps) reached at episode {m['episode']:7,d}, "
                   f"{m['minutes']:6.1f} min")
-        for level in args.eval_levels:
-            e = evaluate(out, args.eval_batches, level)
-            r["eval"].append(dict(items=level, steps=e["eval_max_steps"], bits_error=e["eval_bits_error"],
-                                  bits_error_se=e["eval_bits_error_se"], sequences=e["eval_sequences"]))
-            print(f"  fresh data, {level:5d} items ({e['eval_max_steps']:5d} steps): bits error / sequence "
-                  f"{e['eval_bits_error']:.3f} +- {e['eval_bits_error_se']:.3f} ({e['eval_sequences']} sequences)",
-                  flush=True)
-        for level in args.ablate_levels:
-            e = evaluate(out, args.eval_batches, level, zero_reads=True)
-            r["eval_reads_zeroed"].append(dict(items=level, steps=e["eval_max_steps"], bits_error=e["eval_bits_error"],
-                                               bits_error_se=e["eval_bits_error_se"], sequences=e["eval_sequences"]))
-            print(f"  reads zeroed, {level:5d} items: bits error / sequence {e['eval_bits_error']:.3f} "
-                  f"+- {e['eval_bits_error_se']:.3f}", flush=True)
+        for key, levels, zero in (("eval", args.eval_levels, False), ("eval_reads_zeroed", args.ablate_levels, True)):
+            for level in levels:
+                e = evaluate(out, args.eval_batches, level, zero_reads=zero)
+                r[key].append(dict(items=level, steps=e["eval_max_steps"], bits_error=e["eval_bits_error"],
+                                   bits_error_se=e["eval_bits_error_se"], sequences=e["eval_sequences"]))
+                print(f"  {'reads zeroed' if zero else 'fresh data'}, {level:5d} items ({e['eval_max_steps']:5d} "
+                      f"steps): bits error / sequence {e['eval_bits_error']:.3f} +- {e['eval_bits_error_se']:.3f} "
+                      f"({e['eval_sequences']} sequences)", flush=True)
         runs.append(r)
         curves.append(c)
     os.makedirs(args.out_dir, exist_ok=True)

@@ -284,7 +284,7 @@ def add_arguments(p):
     p.add_argument("--patience", type=int, default=50, help="curriculum: episodes averaged")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive, default=2, help="numba and HNSW index threads")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--torch-threads", type=_positive, default=1, help="torch intra-op threads")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--out", default="runs/latest")
     p.add_argument("--resume", action="store_true")

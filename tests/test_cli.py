@@ -63,8 +63,9 @@ def test_threads_reach_the_index(index):
     model.access.initial_state(4)
     if index == "hnsw":  # the index's own default is 2
         assert model.access.memory.index.num_threads == 1
-    with pytest.raises(SystemExit):
-        parse(["--threads", "0"])
+    for flag in ("--threads", "--torch-threads"):
+        with pytest.raises(SystemExit):
+            parse([flag, "0"])
 
 
 def test_resume_clock_without_csv_or_from_an_old_checkpoint(tmp_path):
