@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samcpu-installed
 export NUMBA_NUM_THREADS ?= 2
 
-.PHONY: test demo tour bench clean
+.PHONY: test lint demo tour bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# ruff: the rules are in pyproject.toml
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 # about 3 minutes: SAM with a 1M-slot memory learns copy with the curriculum
 demo: $(STAMP)
