@@ -31,3 +31,18 @@ def random_step_inputs(rng, batch_size, num_heads, word_size, pool=None, dtype=n
         hit = rng.random((b, h)) < 0.3
         query[hit] = pool[rng.integers(len(pool), size=int(hit.sum()))]
     return tuple(np.asarray(x, dtype) for x in (query, strength, add, write_gate, interp_gate))
+
+
+def snapshot(mem):
+    """Everything a rewind must restore: memory, usage, LRA rows, written rows, last reads."""
+    return (mem.memory.copy(), mem.usage.copy(), mem.lra_rows(),
+            [mem.written_rows(b) for b in range(mem.batch_size)],
+            mem._prev_rows.copy(), mem._prev_weights.copy())
+
+
+def assert_same(a, b):
+    """Two snapshots equal bit for bit (written rows compared as sets)."""
+    for x, y in zip(a[:3] + a[4:], b[:3] + b[4:], strict=True):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(a[3], b[3], strict=True):
+        np.testing.assert_array_equal(np.sort(x), np.sort(y))

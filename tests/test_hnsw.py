@@ -4,12 +4,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import random_step_inputs
+from conftest import assert_same, random_step_inputs, snapshot
 
 import samcpu
 from samcpu.config import EPS
 from samcpu.kernels import exact_query
-from test_rewind import assert_same, snapshot
 
 WIDE = dict(ef=400, ef_construction=200, overfetch=64, stale_cos=2.0)  # re-index every change
 

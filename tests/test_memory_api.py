@@ -4,10 +4,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import random_step_inputs
+from conftest import assert_same, random_step_inputs, snapshot
 
 import samcpu
-from test_rewind import assert_same, snapshot
 
 B, N, W, H, K = 2, 10, 4, 2, 3
 

@@ -3,22 +3,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import random_step_inputs
+from conftest import assert_same, random_step_inputs, snapshot
 
 import samcpu
-
-
-def snapshot(mem):
-    return (mem.memory.copy(), mem.usage.copy(), mem.lra_rows(),
-            [mem.written_rows(b) for b in range(mem.batch_size)],
-            mem._prev_rows.copy(), mem._prev_weights.copy())
-
-
-def assert_same(a, b):
-    for x, y in zip(a[:3] + a[4:], b[:3] + b[4:]):
-        np.testing.assert_array_equal(x, y)
-    for x, y in zip(a[3], b[3]):
-        np.testing.assert_array_equal(np.sort(x), np.sort(y))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
