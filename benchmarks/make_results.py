@@ -1,0 +1,864 @@
+"""Write docs/results.md and the README's headline table from benchmarks/results/*.json.
+
+    python benchmarks/make_results.py            # `make results`: rewrite both
+    python benchmarks/make_results.py --check    # exit 1 if either differs from what it would write
+
+Every figure in docs/results.md and in the README's headline table comes from a JSON file that
+a benchmark wrote, so a figure in the docs cannot drift from its JSON: rerun the benchmark, then
+`make results`. Each table names the command that made it (the JSON's own `command` field
+where it has one; otherwise the command written next to the table below).
+
+The JSON files change as benchmarks are rewritten, so nothing here assumes a field is there:
+a field the generator looks for and does not find is shown as "n/a" and listed under its
+section; a file that is missing or not JSON is named; fields no table shows are listed after
+the tables; a JSON file no section knows gets a section of its own. Only the standard library
+is used, and the output depends only on the files (no clock, no paths of this machine).
+
+DAM figures measured with the old `samcpu.DAM` (a dense step written to match the kernels bit
+for bit, not for speed; issue 11) are marked as such wherever they appear, and the headline's
+DAM ratios read "pending re-measurement" until the JSON holds the new DAM (see `old_dam`).
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+DOC = os.path.join(ROOT, "docs", "results.md")
+README = os.path.join(ROOT, "README.md")
+PY = ".venv/bin/python"
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+
+HEAD_BEGIN = "<!-- headline: written by `make results` (benchmarks/make_results.py) from the JSON -->"
+HEAD_END = "<!-- end of headline -->"
+
+# The JSON files measured with the old samcpu.DAM (issue 11), by the sha256 of the file as
+# committed before the fair DAM, and the commits those runs recorded. A rewritten file (other
+# bytes, another commit) is taken to hold the new DAM.
+OLD_DAM_SHA256 = {
+    "step.json": "aeb613b8ac69496398b33cbfbfbf4ceef9640db9efe7fb2adec70db9a9de124f",
+    "memory.json": "474bc46b7c726151290a22ac5a0cd3770ae77fe2acb75e53697757fb792fbda2",
+    "learning.json": "d64c11f2ecb01281db503f14e068a25f4361cc87eafa25f1d62c5fbca49aa406",
+    "scaling/scaling.json": "9333e98c1261923a395ac66cc83bafc3d1a899a6979fcde56158d06daaeaa29e",
+}
+OLD_DAM_COMMITS = ("10ef5d15544c", "8901bba06d34")
+PENDING = "pending re-measurement"
+
+
+# ---------------------------------------------------------------------------- reading JSON
+class Source:
+    """One JSON file of results. Lookups never raise: a field that is not there comes back as
+    None and is recorded in ``missing`` (unless ``note=False``: an optional field)."""
+
+    def __init__(self, root, rel):
+        self.rel = rel
+        self.path = os.path.join(root, rel)
+        self.missing, self.used = [], set()
+        self.data = self.error = self.sha256 = None
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            self.error = "not found (not measured yet, or not copied here)"
+            return
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        try:
+            self.data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            self.error = f"not valid JSON ({e})"
+
+    def get(self, *keys, note=True):
+        """``data[k0][k1]...``, or None if any step is missing."""
+        if keys and isinstance(keys[0], str):
+            self.used.add(keys[0])
+        return self.at(self.data, keys, "", note)
+
+    def at(self, obj, keys, where, note=True):
+        """``obj[k0][k1]...`` where ``obj`` sits at ``where`` in the file; None if missing."""
+        x, path = obj, where
+        for k in keys:
+            path += f"[{k}]" if isinstance(k, int) else (f".{k}" if path else str(k))
+            ok = (isinstance(x, list) and -len(x) <= k < len(x)) if isinstance(k, int) else \
+                (isinstance(x, dict) and k in x)
+            if not ok:
+                if note and path not in self.missing:
+                    self.missing.append(path)
+                return None
+            x = x[k]
+        return x
+
+    def rows(self, *keys):
+        """The list at ``keys`` as (where, dict) pairs; non-dict entries are skipped."""
+        items = self.get(*keys)
+        if not isinstance(items, list):
+            return []
+        base = ".".join(str(k) for k in keys)
+        return [(f"{base}[{i}]", r) for i, r in enumerate(items) if isinstance(r, dict)]
+
+
+def old_dam(src):
+    """True if ``src``'s DAM figures come from the old samcpu.DAM (see OLD_DAM_*). Only the files
+    named in OLD_DAM_SHA256 hold DAM figures."""
+    if src.rel not in OLD_DAM_SHA256:
+        return False
+    if src.sha256 and src.sha256 == OLD_DAM_SHA256.get(src.rel):
+        return True
+    commit = src.get("machine", "git_commit", note=False)
+    return isinstance(commit, str) and commit.startswith(OLD_DAM_COMMITS)
+
+
+# ---------------------------------------------------------------------------- formatting
+def num(x, digits=2, suffix=""):
+    """``x`` with thousands separators and ``digits`` decimals; "n/a" if not a number."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return "n/a"
+    return f"{x:,.{digits}f}{suffix}"
+
+
+def sig(x):
+    """About three significant figures, as the kernel table prints microseconds."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return "n/a"
+    return num(x, 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2)
+
+
+def div(a, b):
+    """a / b, or None unless both are numbers and b is not 0."""
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)) or b == 0:
+        return None
+    return a / b
+
+
+def kib(x):
+    return num(div(x, KIB), 1)
+
+
+def mib(x):
+    return num(div(x, MIB), 1)
+
+
+def scalar(v):
+    """A JSON value for a generic table cell."""
+    if isinstance(v, bool) or v is None:
+        return str(v).lower() if v is not None else "null"
+    if isinstance(v, int):
+        return f"{v:,d}"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    if isinstance(v, str):
+        return relpath(v).replace("|", "\\|")
+    return "`" + json.dumps(v, sort_keys=True, separators=(",", ":")).replace("|", "\\|") + "`"
+
+
+def relpath(text):
+    """Absolute paths of the machine that ran a benchmark, from the repository on."""
+    return re.sub(r"/\S*?/(benchmarks|runs|docs|samcpu)(?=/|$|\s)", r"\1", text)
+
+
+def table(header, rows, align=None):
+    """A Markdown table; ``align`` is a string of 'l'/'r' per column (default: first left)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def anchor(title):
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def commit_of(machine):
+    if not isinstance(machine, dict) or not isinstance(machine.get("git_commit"), str):
+        return None
+    c = machine["git_commit"][:7]
+    return c + (" with uncommitted changes" if machine.get("git_dirty") else "")
+
+
+def provenance(src, key="machine"):
+    m = src.get(key, note=False)
+    if not isinstance(m, dict):
+        return [f"Machine and commit: not recorded in `{src.rel}`.", ""]
+    parts = []
+    if commit_of(m):
+        parts.append(f"commit {commit_of(m)}")
+    if m.get("cpu"):
+        parts.append(f"{m['cpu']}, {m.get('nproc', '?')} cores")
+    if isinstance(m.get("mem_total_kib"), int):
+        parts.append(f"{m['mem_total_kib'] / 1024**2:.1f} GiB RAM")
+    if "numba_threads" in m:
+        parts.append(f"numba threads {m['numba_threads']}")
+    for k in ("torch", "torch_threads"):
+        if src.get(k, note=False) is not None and key == "machine":
+            parts.append(f"{k.replace('_', ' ')} {src.get(k)}")
+    return [f"Recorded ({key}): " + "; ".join(parts) + ".", ""]
+
+
+def settings_line(src, key="args"):
+    args = src.get(key, note=False)
+    if not isinstance(args, dict):
+        return []
+    kv = ", ".join(f"{k}={scalar(v)}" for k, v in args.items())
+    return [f"Settings recorded in the JSON (`{key}`): {kv}.", ""]
+
+
+def command_line(src, default):
+    cmd = src.get("command", note=False)
+    if isinstance(cmd, str):
+        return [f"Command (recorded in `{src.rel}`): `{relpath(cmd)}`", ""]
+    if default is None:
+        return [f"Command: not recorded in `{src.rel}` (a `command` field would show it here).", ""]
+    return [f"Command: `{default}` (writes `benchmarks/results/{src.rel}`; the JSON does not record "
+            "the command, so it is written in benchmarks/make_results.py).", ""]
+
+
+def dam_warning(src):
+    if not old_dam(src):
+        return []
+    return [f"> The DAM figures in `{src.rel}` were measured with the old `samcpu.DAM`, a dense step "
+            "written to match the kernels bit for bit rather than for speed (issue 11). They are "
+            "kept as a record, not as a fair baseline, pending re-measurement with the vectorised DAM.",
+            ""]
+
+
+# ---------------------------------------------------------------------------- sections
+def step_section(src):
+    out = []
+    rows = []
+    for where, r in src.rows("results"):
+        label = src.at(r, ["model"], where)
+        skipped = r.get("skipped")
+        if skipped:
+            rows.append([label, num(src.at(r, ["n"], where), 0), "-", "-", "-", "-", "-",
+                         relpath(str(skipped))])
+            continue
+        note = "; ".join(relpath(str(r[k])) for k in ("note", "status") if k in r and r[k] != "ok")
+        reps = src.at(r, ["repeats"], where)
+        seq = r.get("seq_ms")
+        rows.append([label, num(src.at(r, ["n"], where), 0), num(src.at(r, ["ms_per_step"], where)),
+                     num(src.at(r, ["fwd_ms_per_step"], where)), num(src.at(r, ["bwd_ms_per_step"], where)),
+                     num(src.at(r, ["steps"], where), 0),
+                     num(len(seq) if isinstance(seq, list) else reps, 0), note])
+    out += table(["model", "N", "ms per step", "forward ms", "backward ms", "T", "sequences", "note"],
+                 rows, "lrrrrrrl")
+    out.append("One training step: forward + BCE loss + backward + RMSprop, median over the timed "
+               "sequences, B from the settings, W=32, H=4, K=4, LSTM 100.")
+    out.append("")
+    derived = src.get("derived")
+    labels = {
+        "sam_ratio_1e7_1e4": ("SAM t(N=1e7) / t(N=1e4)", 2, ""),
+        "sam_ms_per_step_1e6": ("SAM ms per step at N=1e6", 2, " ms"),
+        "dam_ms_per_step_1e6": ("DAM ms per step at N=1e6", 0, " ms"),
+        "dam_over_sam_1e6": ("DAM / SAM at N=1e6", 0, "x"),
+        "dam_over_sam_10000": ("DAM / SAM at N=10,000, side by side", 0, "x"),
+        "dam_linearity": ("DAM's growth from its first to its last measured N, over linear", 2, "x"),
+    }
+    if isinstance(derived, dict):
+        for k, v in derived.items():
+            name, digits, unit = labels.get(k, (f"`{k}`", None, ""))
+            text = num(v, digits, unit) if digits is not None else scalar(v)
+            out.append(f"- {name}: {text}")
+        out.append("")
+    prof = src.get("profile", note=False)
+    if isinstance(prof, dict) and isinstance(prof.get("top10_tottime"), list):
+        out.append(f"cProfile of one sequence at N={num(prof.get('n'), 0)} "
+                   f"({num(prof.get('sequence_s_profiled'), 3)} s profiled), top functions by own time:")
+        out.append("")
+        out += table(["function", "calls", "own s", "cumulative s"],
+                     [[relpath(str(p.get("function"))).replace("|", "\\|"), num(p.get("ncalls"), 0),
+                       num(p.get("tottime_s"), 4), num(p.get("cumtime_s"), 4)]
+                      for p in prof["top10_tottime"] if isinstance(p, dict)])
+    return out
+
+
+def memory_section(src):
+    out = []
+    rows = []
+    for where, r in src.rows("runs"):
+        status = r.get("status", "n/a")
+        ok = status == "ok"
+        env = r.get("env")
+        model = str(src.at(r, ["model"], where)) + (" (" + ", ".join(f"{k}={v}" for k, v in env.items()) + ")"
+                                                    if isinstance(env, dict) else "")
+        extra = src.at(r, ["extra"], where) if ok else None
+        rows.append([model, num(src.at(r, ["n"], where), 0), num(src.at(r, ["steps"], where), 0),
+                     mib(extra) if ok else "-", mib(r.get("peak")) if ok else "-",
+                     num(r.get("forward_s"), 2) if ok else "-", num(r.get("backward_s"), 2) if ok else "-",
+                     num(r["journal_nbytes"], 0) if ok and "journal_nbytes" in r else "-",
+                     relpath(str(status))])
+    out += table(["model", "N", "T", "peak growth MiB", "peak RSS MiB", "forward s", "backward s",
+                  "journal bytes", "status"], rows, "lrrrrrrrl")
+    out.append("One training pass over T steps (B=1, forward + loss + backward), each configuration "
+               "in a fresh worker process; peak growth = peak RSS after backward - RSS after building "
+               "the model. Extra memory per step = (peak(T=1,000) - peak(T=100)) / 900:")
+    out.append("")
+    drows = []
+    for where, d in src.rows("derived"):
+        drows.append([str(src.at(d, ["model"], where)),
+                      num(src.at(d, ["n"], where), 0) if d.get("n") else "-",
+                      kib(src.at(d, ["peak_per_step"], where)),
+                      num(d["journal_per_step_t100"], 0) if "journal_per_step_t100" in d else "-",
+                      num(d["journal_per_step_t1000"], 0) if "journal_per_step_t1000" in d else "-",
+                      num(d["journal_per_allocated_step"], 0) if "journal_per_allocated_step" in d else "-"])
+    out += table(["model", "N", "extra KiB per step", "journal B/step T=100", "journal B/step T=1,000",
+                  "journal B per allocated step"], drows, "lrrrrr")
+    r = src.get("sam_per_step_ratio_1e6_over_65536")
+    out += [f"- SAM's extra memory per step, N=1e6 over N=65,536: {num(r, 3)} (target: flat in N; "
+            "<= 48 KiB per step; the paper: 80 KiB)"]
+    lstm = [d for _, d in src.rows("derived") if d.get("model") == "lstm"]
+    sam = [d for _, d in src.rows("derived") if d.get("model") == "sam"]
+    if lstm and sam:
+        a, b = sam[-1].get("peak_per_step"), lstm[0].get("peak_per_step")
+        if isinstance(a, int | float) and isinstance(b, int | float):
+            out.append(f"- of which the LSTM controller alone: {num(b / KIB, 1)} KiB; the memory access adds "
+                       f"{num((a - b) / KIB, 1)} KiB at N={num(sam[-1].get('n'), 0)}")
+    out.append("")
+    long = src.get("long", note=False)
+    if isinstance(long, dict):
+        out.append("### BPTT through one long sequence (`memory.py --long`)")
+        out.append("")
+        out += provenance(src, "long_machine")
+        w = "long"
+        steps, fwd = src.at(long, ["steps"], w), src.at(long, ["forward_s"], w)
+        extra, peak = src.at(long, ["extra"], w), src.at(long, ["peak"], w)
+        per = div(fwd, steps)
+        out += [f"- {str(src.at(long, ['model'], w)).upper()} at N={num(src.at(long, ['n'], w), 0)}, B=1, "
+                f"T={num(steps, 0)} steps in one graph: forward {num(fwd, 0)} s "
+                f"({num(per * 1e3 if per is not None else None, 2)} ms a step), "
+                f"backward {num(src.at(long, ['backward_s'], w), 0)} s",
+                f"- peak RSS {num(div(peak, GIB), 2)} GiB; growth over the model's baseline "
+                f"{num(div(extra, GIB), 2)} GiB, {kib(div(extra, steps))} KiB per step",
+                f"- journal {num(div(long.get('journal_nbytes'), steps), 0)} bytes per step; status "
+                + str(long.get("status", "n/a"))]
+        v = src.get("long_peak_per_step_vs_t1000", note=False)
+        if v is not None:
+            out.append(f"- (peak(T={num(steps, 0)}) - peak(T=1,000)) / (T - 1,000): {kib(v)} KiB per step")
+        out.append("")
+        out += settings_line(src, "long_args")
+    src.used.update({"long_args", "long_machine", "parent_rss_at_spawn"})
+    return out
+
+
+def scaling_section(src):
+    out = []
+    sams = {r.get("n"): r for _, r in src.rows("sam")}
+    dams = {r.get("n"): r for _, r in src.rows("dam")}
+    rows = []
+    for n in sorted(set(sams) | set(dams), key=lambda v: v if isinstance(v, int | float) else -1):
+        s, d = sams.get(n, {}), dams.get(n, {})
+
+        def fitted(key, s=s):
+            return "*" if s.get(f"dam_over_sam_{key}_fitted") else ""
+        rows.append([num(n, 0), num(s.get("ms_per_step"), 2), num(s.get("peak_mib"), 1),
+                     num(d.get("ms_per_step"), 1) if "skipped" not in d else "-",
+                     num(d.get("peak_mib"), 0) if "skipped" not in d else "-",
+                     num(s.get("dam_over_sam_ms_per_step"), 0, "x" + fitted("ms_per_step")),
+                     num(s.get("dam_over_sam_peak_mib"), 0, "x" + fitted("peak_mib"))])
+    out += table(["N", "SAM ms/step", "SAM peak MiB", "DAM ms/step", "DAM peak MiB", "DAM/SAM time",
+                  "DAM/SAM memory"], rows)
+    st = src.get("settings")
+    if isinstance(st, dict):
+        out.append("Time: one forward + backward step, B={}, T={}, median of the timed sequences; memory: "
+                   "growth of peak RSS over the memory in use before one training pass, B={}, T={}; "
+                   "W={}, H={}, K={}, LSTM {}. Each measurement in its own worker process."
+                   .format(*(st.get(k, "n/a") for k in ("batch", "steps", "memory_batch", "memory_steps",
+                                                          "word_size", "heads", "k", "hidden"))))
+        out.append("")
+    skipped = sorted({str(d["skipped"]) for d in dams.values() if "skipped" in d})
+    if skipped:
+        out.append("DAM not run: " + "; ".join(skipped) + ". * marks a ratio that uses a straight line "
+                   "fitted to DAM's measured points in log-log space (dashed in the plot), not a "
+                   "measurement.")
+        out.append("")
+    for key, what in (("ms_per_step", "time"), ("peak_mib", "peak memory")):
+        fit = src.get(f"dam_fit_{key}", note=False)
+        if isinstance(fit, list) and len(fit) == 2:
+            out.append(f"- DAM {what} fit: log y = {num(fit[0], 3)} log N {'+' if fit[1] >= 0 else '-'} "
+                       f"{num(abs(fit[1]), 3)} (slope {num(fit[0], 2)})")
+    out.append("")
+    png = os.path.join(os.path.dirname(src.path), "scaling.png")
+    if os.path.exists(png):
+        out += ["![scaling](../benchmarks/results/scaling/scaling.png)", ""]
+    return out
+
+
+def kernels_section(src):
+    out = []
+    res = src.rows("results")
+    ops = []
+    for _, r in res:
+        for k in (r.get("ops") or {}):
+            if k not in ops:
+                ops.append(k)
+    header = ["operation"] + [f"N={num(r.get('num_slots'), 0)}" + (" (file)" if r.get("file_backed") else "")
+                              for _, r in res]
+    ratios = src.get("median_ratio_last_over_first")
+    header.append("t(last)/t(first)")
+    rows = []
+    for op in ops:
+        row = [op]
+        for where, r in res:
+            row.append(sig(src.at(r, ["ops", op, "median"], where)))
+        row.append(num(ratios.get(op), 2) if isinstance(ratios, dict) else "n/a")
+        rows.append(row)
+    rows.append(["resident memory after the run (MiB)"]
+                + [num(r["rss_current"] / MIB, 0) if isinstance(r.get("rss_current"), int | float) else "n/a"
+                   for _, r in res] + [""])
+    out += table(header, rows)
+    st = src.get("settings")
+    if isinstance(st, dict):
+        out.append(f"Median {st.get('units', 'n/a')}: B={st.get('batch')}, W={st.get('word')}, "
+                   f"H={st.get('heads')}, K={st.get('k')}, {st.get('dtype')}, {st.get('index')} index, "
+                   f"{st.get('threads')} numba threads, {num(st.get('steps'), 0)} warm-up steps per N; "
+                   f"memories of N >= {num(st.get('file_from'), 0)} are sparse files.")
+        out.append("")
+    written = [r.get("written_rows_per_element") for _, r in res]
+    if written and all(isinstance(w, list) and w for w in written):
+        lo = min(min(w) for w in written)
+        hi = max(max(w) for w in written)
+        out.append(f"- rows written per batch element by the end of the warm-up: {num(lo, 0)}-{num(hi, 0)} "
+                   f"(so a reset zeroes about {num(sum(written[0]), 0)} rows)")
+    checks = [r.get("checks") for _, r in res]
+    if all(isinstance(c, dict) for c in checks) and checks:
+        bad = sorted({k for c in checks for k, v in c.items() if v is not True})
+        out.append("- checks after timing (state unchanged, reset zeroed the rows, a step after reset): "
+                   + ("all passed" if not bad else "FAILED: " + ", ".join(bad)))
+    out.append("")
+    src.used.update({"benchmark", "total_seconds"})
+    return out
+
+
+def index_section(src):
+    out = []
+    rec = src.rows("recall")
+    if rec:
+        out.append("### Recall of the rows read")
+        out.append("")
+        out += table(["data", "N", "steps", "recall", "last 1,000 steps", "fresh rows found"],
+                     [[str(src.at(r, ["kind"], w)), num(src.at(r, ["n"], w), 0),
+                       num(src.at(r, ["steps"], w), 0),
+                       num(src.at(r, ["recall"], w), 4), num(src.at(r, ["recall_last_1000"], w), 4),
+                       f"{num(src.at(r, ['fresh_found'], w), 0)} / {num(src.at(r, ['fresh_probes'], w), 0)}"]
+                      for w, r in rec])
+        out.append("Recall of the rows `SparseMemory(index=\"hnsw\")` read against the exact top-K of the "
+                   "same memory contents, every step; fresh rows: a head writes v and queries v in the same "
+                   "step.")
+        out.append("")
+    cost = src.get("cost", note=False)
+    if isinstance(cost, dict):
+        out.append("### Access cost per step")
+        out.append("")
+        bare = cost.get("bare") if isinstance(cost.get("bare"), dict) else {}
+        rows = [["bare hnswlib", num(bare.get("mean_ms")), num(bare.get("median_ms")),
+                 num(bare.get("p90_ms")), "", ""]]
+        for i, r in enumerate(x for x in cost.get("samcpu", []) if isinstance(x, dict)):
+            w = f"cost.samcpu[{i}]"
+            rows.append([f"samcpu, N = {num(src.at(r, ['n'], w), 0)}", num(src.at(r, ["mean_ms"], w)),
+                         num(src.at(r, ["median_ms"], w)), num(src.at(r, ["p90_ms"], w)),
+                         num(r.get("rss_growth_mib"), 0), _index_counts(r.get("index"))])
+        out += table(["", "mean ms", "median ms", "p90 ms", "resident growth MiB", "index at the end"], rows)
+        out.append(f"- samcpu / bare hnswlib (means) at N = 1e6: {num(src.get('cost', 'ratio_mean_1e6'), 2)} "
+                   "(target <= 1.5)")
+        out.append(f"- samcpu cost, largest N over smallest N: {num(src.get('cost', 'ratio_n'), 2)}")
+        out.append("")
+    full = src.get("full", note=False)
+    if isinstance(full, dict):
+        w = "full"
+        out.append("### A full memory")
+        out.append("")
+        out.append(f"N = {num(src.at(full, ['n'], w), 0)} rows per batch element, every row written "
+                   f"({num(src.at(full, ['written_rows'], w), 0)} rows in all, filled in "
+                   f"{num(full.get('fill_steps'), 0)} steps), the LRA recycling: "
+                   f"mean {num(src.at(full, ['mean_ms'], w))} ms per step, median "
+                   f"{num(src.at(full, ['median_ms'], w))}, p90 {num(full.get('p90_ms'))}; index at the end: "
+                   f"{_index_counts(full.get('index'))}; resident growth "
+                   f"{num(full.get('rss_growth_mib'), 0)} MiB.")
+        out.append("")
+    mem = src.get("memory", note=False)
+    if isinstance(mem, dict):
+        out.append("### Index memory against rows written and N")
+        out.append("")
+        out += table(["N", "rows written", "resident growth MiB", "bytes per row"],
+                     [[num(src.at(r, ["n"], w), 0), num(src.at(r, ["rows_written"], w), 0),
+                       num(src.at(r, ["rss_growth_mib"], w), 1), num(src.at(r, ["bytes_per_row"], w), 0)]
+                      for w, r in src.rows("memory", "runs")])
+        g4, g100 = mem.get("growth_ratio_rows_4x"), mem.get("growth_ratio_n_100x")
+        if isinstance(g4, list):
+            out.append("- growth for 4x the rows: " + ", ".join(num(v, 2, "x") for v in g4))
+        if isinstance(g100, list):
+            out.append("- growth for 100x the slots: " + ", ".join(num(v, 2, "x") for v in g100))
+        out.append("")
+    return out
+
+
+def _index_counts(ix):
+    if not isinstance(ix, dict):
+        return "n/a"
+    return ", ".join(f"{k} {num(v, 0)}" for k, v in ix.items())
+
+
+def learning_section(src):
+    out = []
+    slots = src.get("slots")
+    slots = slots if isinstance(slots, dict) else {}
+    rows = []
+    runs = src.rows("runs")
+    for w, r in runs:
+        model = str(src.at(r, ["model"], w))
+        rows.append([str(src.at(r, ["task"], w)), model.upper(), num(slots.get(model), 0),
+                     num(src.at(r, ["seed"], w), 0), num(src.at(r, ["episodes"], w), 0),
+                     num(src.at(r, ["train_minutes"], w), 1),
+                     f"{num(src.at(r, ['final_max_level'], w), 0)}/{num(src.at(r, ['max_level'], w), 0)}",
+                     f"{num(src.at(r, ['eval_bits_error'], w), 3)} ± "
+                     f"{num(src.at(r, ['eval_bits_error_se'], w), 3)}",
+                     num(r.get("eval_sequences"), 0), str(r.get("status", "n/a"))])
+    out += table(["task", "model", "N", "seed", "episodes", "minutes", "curriculum level",
+                  "bits error per sequence, fresh data", "sequences", "status"], rows, "llrrrrrrrl")
+    out.append("Each run on one core with the same wall-time budget per task; fresh data: the final model "
+               "on sequences at the task's full difficulty, drawn with a seed no run saw (mean ± standard "
+               "error).")
+    out.append("")
+    groups = {}
+    for _, r in runs:
+        v = r.get("eval_bits_error")
+        if isinstance(v, int | float):
+            groups.setdefault((r.get("task"), r.get("model")), []).append(v)
+    for (task, model), vs in groups.items():
+        out.append(f"- {task}, {str(model).upper()}: mean over {len(vs)} seeds "
+                   f"{num(sum(vs) / len(vs), 2)} bits per sequence")
+    out.append("")
+    for task in dict.fromkeys(r.get("task") for _, r in runs):
+        png = os.path.join(os.path.dirname(src.path), f"learning_{task}.png")
+        if os.path.exists(png):
+            out.append(f"![{task}](../benchmarks/results/learning_{task}.png)")
+    out.append("")
+    src.used.add("wall_minutes")
+    return out
+
+
+def recall_long_section(src):
+    out = []
+    runs = src.rows("runs")
+    out += table(["seed", "minutes", "episodes", "curriculum maximum (items / steps)", "median ms per step"],
+                 [[num(src.at(r, ["seed"], w), 0), num(src.at(r, ["train_minutes"], w), 1),
+                   num(src.at(r, ["episodes"], w), 0),
+                   f"{num(src.at(r, ['final_max_level'], w), 0)} / "
+                   f"{num(src.at(r, ['final_max_steps'], w), 0)}",
+                   num(src.at(r, ["median_ms_per_step"], w), 2)] for w, r in runs])
+    for key, title in (("eval", "fresh data"), ("eval_reads_zeroed", "fresh data, reads zeroed")):
+        levels = []
+        for _, r in runs:
+            for e in r.get(key) or []:
+                if isinstance(e, dict) and (e.get("items"), e.get("steps")) not in levels:
+                    levels.append((e.get("items"), e.get("steps")))
+        if not levels:
+            continue
+        header = [f"seed ({title})"] + [f"{num(i, 0)} items ({num(s, 0)} steps)" for i, s in levels]
+        rows = []
+        for _, r in runs:
+            by = {(e.get("items"), e.get("steps")): e for e in r.get(key) or [] if isinstance(e, dict)}
+            rows.append([num(r.get("seed"), 0)] + [
+                f"{num(by[lv].get('bits_error'), 2)} ± {num(by[lv].get('bits_error_se'), 2)}"
+                if lv in by else "-" for lv in levels])
+        out += table(header, rows)
+    seqs = {e.get("sequences") for _, r in runs for e in (r.get("eval") or []) if isinstance(e, dict)}
+    out.append("Bits error per sequence on fresh data (mean ± standard error over "
+               f"{', '.join(map(str, sorted(seqs, key=str)))} sequences per size, a seed no run saw; "
+               "18 target bits per sequence, so 9 is chance). "
+               "Reads zeroed: the controller is given zeros instead of its reads.")
+    out.append("")
+    out.append("### Curriculum milestones (minutes of training when the maximum first reached a level)")
+    out.append("")
+    levels = []
+    for _, r in runs:
+        for m in r.get("milestones") or []:
+            if isinstance(m, dict) and m.get("level") not in levels:
+                levels.append(m.get("level"))
+    levels.sort(key=lambda v: v if isinstance(v, int) else -1)
+    rows = []
+    for level in levels:
+        row = [num(level, 0)]
+        for _, r in runs:
+            m = next((m for m in r.get("milestones") or []
+                      if isinstance(m, dict) and m.get("level") == level), None)
+            row.append(f"{num(m.get('minutes'), 1)} (episode {num(m.get('episode'), 0)})" if m else "-")
+        rows.append(row)
+    out += table(["items"] + [f"seed {num(r.get('seed'), 0)}" for _, r in runs], rows)
+    out.append("### Training time per step by episode length (from each run's CSV)")
+    out.append("")
+    lengths = []
+    for _, r in runs:
+        for g in r.get("ms_by_length") or []:
+            if isinstance(g, dict):
+                key = (tuple(g.get("items") or []), tuple(g.get("steps") or []))
+                if key not in lengths:
+                    lengths.append(key)
+    rows = []
+    for items, steps in lengths:
+        row = ["-".join(num(v, 0) for v in dict.fromkeys(items)),
+               "-".join(num(v, 0) for v in dict.fromkeys(steps))]
+        for _, r in runs:
+            g = next((g for g in r.get("ms_by_length") or [] if isinstance(g, dict)
+                      and (tuple(g.get("items") or []), tuple(g.get("steps") or [])) == (items, steps)), None)
+            row.append(f"{num(g.get('median_ms_per_step'), 2)} ({num(g.get('episodes'), 0)})" if g else "-")
+        rows.append(row)
+    out += table(["items", "steps"]
+                 + [f"seed {num(r.get('seed'), 0)}: median ms (episodes)" for _, r in runs], rows)
+    folder = os.path.join(os.path.dirname(src.path), "recall_long")
+    if os.path.isdir(folder):
+        files = sorted(f"{d}/{f}" for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+                       for f in os.listdir(os.path.join(folder, d)))
+        out.append("Kept so that the runs can go on: " + ", ".join(f"`recall_long/{f}`" for f in files)
+                   + " (copy a seed's files back to `runs/recall_long_sS/`, gunzip the CSV, then "
+                   f"`{PY} benchmarks/recall_long.py --seeds S --resume --minutes M`).")
+        out.append("")
+    if os.path.exists(os.path.join(os.path.dirname(src.path), "recall_long.png")):
+        out += ["![recall_long](../benchmarks/results/recall_long.png)", ""]
+    src.used.add("wall_minutes")
+    return out
+
+
+def long_episode_section(src):
+    out = []
+    chunks = src.rows("chunks")
+    out += table(["steps", "ms per step"],
+                 [[f"{num(src.at(c, ['first_step'], w), 0)}-"
+                   f"{num((c.get('first_step') or 0) + (c.get('steps') or 0) - 1, 0)}",
+                   num(src.at(c, ["ms_per_step"], w), 2)] for w, c in chunks])
+    args = src.get("args") or {}
+    out.append(f"One episode of {num(src.get('steps'), 0)} steps (associative recall, "
+               f"{num(args.get('items') if isinstance(args, dict) else None, 0)} items), forward only, "
+               f"B={num(src.get('batch'), 0)}, the checkpoint `{relpath(str(args.get('checkpoint')))}`, "
+               f"{num(args.get('threads'), 0)} thread(s).")
+    out.append("")
+    top = src.rows("last_chunk_top")
+    if top:
+        out.append(f"cProfile of the last chunk ({num(src.get('last_chunk_profiled_s'), 2)} s), "
+                   "top functions by own time:")
+        out.append("")
+        out += table(["function", "own s", "share"],
+                     [[relpath(str(src.at(t, ["function"], w))).replace("|", "\\|"),
+                       num(src.at(t, ["own_s"], w), 3), num(div(src.at(t, ["share"], w), 0.01), 1, "%")]
+                      for w, t in top])
+    return out
+
+
+def generic_section(src):
+    """A JSON file no section knows: its top-level fields."""
+    return []
+
+
+# (file, title, renderer, command when the JSON does not record one)
+SECTIONS = [
+    ("step.json", "Training step time", step_section, f"{PY} benchmarks/step.py"),
+    ("memory.json", "Training memory", memory_section,
+     f"{PY} benchmarks/memory.py; then {PY} benchmarks/memory.py --long"),
+    ("scaling/scaling.json", "Figure 1: time and memory against N", scaling_section,
+     f"{PY} -m samcpu bench scaling --dam-max 1e5 --out benchmarks/results/scaling"),
+    ("kernels.json", "Kernel timings", kernels_section, f"{PY} benchmarks/kernels.py"),
+    ("index.json", "The HNSW index", index_section, f"{PY} benchmarks/index.py"),
+    ("learning.json", "Learning: the paper's Figure 2", learning_section,
+     f"{PY} benchmarks/learning.py --minutes 20 7 7"),
+    ("recall_long.json", "Associative recall past 4,000 steps", recall_long_section,
+     f"{PY} benchmarks/recall_long.py"),
+    ("long_episode.json", "Step time along one long episode", long_episode_section,
+     f"{PY} benchmarks/long_episode.py"),
+    ("soak.json", "Soak", generic_section, None),
+]
+
+
+def other_fields(src):
+    """Top-level fields no table used, so that nothing a benchmark records goes unseen."""
+    rest = [k for k in src.data if k not in src.used and k not in ("machine", "command", "args", "torch",
+                                                                   "torch_threads")] \
+        if isinstance(src.data, dict) else []
+    if not isinstance(src.data, dict):
+        return [f"`{src.rel}` holds a {type(src.data).__name__}, not an object:", "",
+                "```", json.dumps(src.data, indent=1, sort_keys=True), "```", ""]
+    if not rest:
+        return []
+    out = [f"Other fields in `{src.rel}`:", ""]
+    for k in rest:
+        v = src.data[k]
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            cols = list(dict.fromkeys(c for x in v for c in x))
+            out += [f"`{k}`:", ""] + table(cols, [[scalar(x[c]) if c in x else "" for c in cols] for x in v],
+                                           "l" * len(cols))
+        elif isinstance(v, dict) and all(not isinstance(x, dict | list) for x in v.values()):
+            out += [f"- `{k}`: " + ", ".join(f"{a}={scalar(b)}" for a, b in v.items())]
+        else:
+            out += [f"- `{k}`: {scalar(v)}"]
+    return out + [""]
+
+
+def render_section(src, title, render, command):
+    out = [f"## {title}", ""]
+    if src.error:
+        return out + [f"`benchmarks/results/{src.rel}`: {src.error}.", ""]
+    out += command_line(src, command)
+    out += dam_warning(src)
+    try:
+        body = render(src) if isinstance(src.data, dict) else []
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+        src.used.clear()
+        body = [f"**`{src.rel}` is not laid out as benchmarks/make_results.py expects ({type(e).__name__}: "
+                f"{e}); its fields are listed below. Update the generator.**", ""]
+    out += body
+    out += provenance(src)
+    out += settings_line(src)
+    out += other_fields(src)
+    if src.missing:
+        out += [f"Not in `{src.rel}` (shown as n/a): " + ", ".join(f"`{m}`" for m in src.missing) + ".", ""]
+    return out
+
+
+# ---------------------------------------------------------------------------- the headline
+def headline(sources, readme=True):
+    """The README's headline rows: (what, measured, conditions with a link)."""
+    def link(title):
+        return f"[{'details' if readme else 'below'}]({'docs/results.md' if readme else ''}#{anchor(title)})"
+    titles = {rel: title for rel, title, _, _ in SECTIONS}
+    rows = []
+    step = sources["step.json"]
+    sam = sorted((r for _, r in step.rows("results") if r.get("model") == "SAM"
+                  and isinstance(r.get("ms_per_step"), int | float)), key=lambda r: r.get("n") or 0)
+    rows.append(["SAM training step, ms",
+                 " / ".join(num(r["ms_per_step"], 2) for r in sam) or "n/a (not in step.json)",
+                 "N = " + " / ".join(num(r.get("n"), 0) for r in sam) + "; forward + backward + RMSprop, "
+                 f"B = {num(step.get('args', 'batch', note=False), 0)}, "
+                 f"T = {num(step.get('args', 'steps', note=False), 0)} "
+                 f"({link(titles['step.json'])})"])
+    memory = sources["memory.json"]
+    ms = sorted((d for _, d in memory.rows("derived") if d.get("model") == "sam"
+                 and isinstance(d.get("peak_per_step"), int | float)), key=lambda d: d.get("n") or 0)
+    rows.append(["SAM training memory per step, KiB",
+                 " / ".join(num(d["peak_per_step"] / KIB, 1) for d in ms) or "n/a (not in memory.json)",
+                 "N = " + " / ".join(num(d.get("n"), 0) for d in ms) + "; B = 1, (peak(T = 1,000) - "
+                 f"peak(T = 100)) / 900 ({link(titles['memory.json'])})"])
+    scaling = sources["scaling/scaling.json"]
+    ss = sorted((r for _, r in scaling.rows("sam") if isinstance(r.get("peak_mib"), int | float)),
+                key=lambda r: r.get("n") or 0)
+    rows.append(["SAM peak training memory, MiB",
+                 " / ".join(num(r["peak_mib"], 1) for r in ss) or "n/a (not in scaling.json)",
+                 "N = " + " / ".join(num(r.get("n"), 0) for r in ss) + "; B = 1, T = "
+                 f"{num(scaling.get('settings', 'memory_steps', note=False), 0)}, growth of peak RSS "
+                 f"({link(titles['scaling/scaling.json'])})"])
+    for key, what in (("ms_per_step", "time per step"), ("peak_mib", "peak memory")):
+        both = [r for r in ss if isinstance(r.get(f"dam_over_sam_{key}"), int | float)
+                and not r.get(f"dam_over_sam_{key}_fitted")]
+        if old_dam(scaling):
+            value, n = PENDING, None
+        elif both:
+            value, n = num(both[-1][f"dam_over_sam_{key}"], 0, "x"), both[-1].get("n")
+        else:
+            value, n = "n/a (not in scaling.json)", None
+        cond = (f"N = {num(n, 0)}, the largest N where both ran, measured in one run" if n is not None else
+                "the old `samcpu.DAM` was not a fair baseline (issue 11); `make results` fills this in "
+                "from the new measurement" if value == PENDING else "no measured pair")
+        rows.append([f"DAM / SAM, {what}", value, f"{cond} ({link(titles['scaling/scaling.json'])})"])
+    learning = sources["learning.json"]
+    copy = sorted((r for _, r in learning.rows("runs") if r.get("task") == "copy" and r.get("model") == "sam"
+                   and isinstance(r.get("eval_bits_error"), int | float)), key=lambda r: r.get("seed") or 0)
+    minutes = [r.get("train_minutes") for r in copy if isinstance(r.get("train_minutes"), int | float)]
+    slots = learning.get("slots", "sam", note=False)
+    rows.append(["Copy task, SAM, bits error per sequence",
+                 " / ".join(num(r["eval_bits_error"], 3) for r in copy) or "n/a (not in learning.json)",
+                 "seeds " + " / ".join(num(r.get("seed"), 0) for r in copy) + f"; N = {num(slots, 0)}, "
+                 "fresh data at full difficulty, "
+                 + (f"{num(min(minutes), 0)}-{num(max(minutes), 0)} minutes of training on one core each"
+                    if minutes else "training time n/a")
+                 + f"; solved is < 0.1 ({link(titles['learning.json'])})"])
+    return rows
+
+
+def headline_table(sources, readme=True):
+    return table(["", "measured", "conditions"], headline(sources, readme), "lrl")
+
+
+# ---------------------------------------------------------------------------- the documents
+def load_sources(results=RESULTS):
+    known = [rel for rel, *_ in SECTIONS]
+    found = sorted(os.path.relpath(os.path.join(d, f), results) for d, _, fs in os.walk(results)
+                   for f in fs if f.endswith(".json"))
+    rels = known + [f for f in found if f not in known]
+    return {rel: Source(results, rel) for rel in rels}
+
+
+def results_md(results=RESULTS):
+    sources = load_sources(results)
+    out = ["# Results", "",
+           "<!-- generated by `make results` (benchmarks/make_results.py) from benchmarks/results/*.json: "
+           "do not edit -->", "",
+           "Every figure on this page is read from the JSON file a benchmark wrote, by "
+           "`make results`. Each table names the command that made it and the commit the run recorded; "
+           "how and when runs were made (and stopped) is in "
+           "[benchmarks/results/NOTES.md](../benchmarks/results/NOTES.md). The machine is shared (2 cores), "
+           "so compare figures of one run, not runs.", "",
+           "## Headline", "", "The README's table:", ""]
+    out += headline_table(load_sources(results), readme=False)
+    out += ["Contents: " + " · ".join(f"[{t}](#{anchor(t)})" for _, t, _, _ in SECTIONS), ""]
+    titles = {rel: t for rel, t, _, _ in SECTIONS}
+    for rel, src in sources.items():
+        title = titles.get(rel, f"Other results: {rel}")
+        render = next((r for f, _, r, _ in SECTIONS if f == rel), generic_section)
+        command = next((c for f, _, _, c in SECTIONS if f == rel), None)
+        out += render_section(src, title, render, command)
+    text = "\n".join(out).rstrip() + "\n"
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def readme_with_headline(readme_text, results=RESULTS):
+    """``readme_text`` with the table between HEAD_BEGIN and HEAD_END regenerated."""
+    start, end = readme_text.find(HEAD_BEGIN), readme_text.find(HEAD_END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md has no headline markers ({HEAD_BEGIN!r} ... {HEAD_END!r})")
+    body = "\n".join(headline_table(load_sources(results)))
+    return readme_text[: start + len(HEAD_BEGIN)] + "\n" + body + "\n" + readme_text[end:]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if docs/results.md or the README's "
+                   "headline differ from what would be written")
+    p.add_argument("--results", default=RESULTS, help=argparse.SUPPRESS)
+    p.add_argument("--doc", default=DOC, help=argparse.SUPPRESS)
+    p.add_argument("--readme", default=README, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    doc = results_md(args.results)
+    with open(args.readme, encoding="utf-8") as f:
+        readme = f.read()
+    try:
+        new_readme = readme_with_headline(readme, args.results)
+    except ValueError as e:
+        print(f"make_results: {e}", file=sys.stderr)
+        return 1
+    try:
+        with open(args.doc, encoding="utf-8") as f:
+            old_doc = f.read()
+    except FileNotFoundError:
+        old_doc = None
+    stale = [path for path, old, new in ((args.doc, old_doc, doc), (args.readme, readme, new_readme))
+             if old != new]
+    if args.check:
+        for path in stale:
+            print(f"make_results: {os.path.relpath(path)} is out of date; run `make results`",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in ((args.doc, doc), (args.readme, new_readme)):
+        if path in stale:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+            print(f"wrote {os.path.relpath(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
