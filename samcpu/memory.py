@@ -322,6 +322,66 @@ class SparseMemory:
         return dict(lra=chunk.jrows[s, :, : self.num_heads], prev_rows=prev_rows, prev_weights=prev_weights,
                     rows=chunk.rows[s], weights=chunk.weights[s])
 
+    def backward_step(self, position, grad_reads, grad_weights, query, strength, add, write_gate,
+                      interp_gate, grad):
+        """Backpropagate through journaled step t = ``position``: rewind to the memory after
+        step t, add the read's gradient to ``grad`` (dL/dM_t on entry), compute the gradients
+        of the step's inputs, and leave dL/dM_{t-1} in ``grad``. Call it for t = T, T-1, ...
+        (see :mod:`samcpu.backprop`), then :meth:`replay` to go on stepping. Costs the rewind
+        plus O(H K W); the memory is left at position t.
+
+        Parameters
+        ----------
+        position : int            t, in [earliest + 1, latest]
+        grad_reads : (B, H, W)    dL/dr_t, or None for zero
+        grad_weights : (B, H, K)  dL/dw^R_t from later steps (the ``prev_weights`` gradient
+                                  of step t + 1), or None for zero
+        query, strength, add, write_gate, interp_gate : the inputs step t was given (as in
+                                  :meth:`step`; they are not journaled)
+        grad : samcpu.backprop.MemoryGradient  made for this memory's (B, N, W)
+
+        Returns
+        -------
+        samcpu.backprop.StepGradients(query, strength, add, write_gate, interp_gate,
+        prev_weights), float64 arrays of the inputs' shapes and (B, H, K) for prev_weights.
+        """
+        from .backprop import MemoryGradient, StepGradients
+
+        position = self._check_position(position)
+        if position == self._journal.base:
+            raise ValueError(f"position must be a journaled step in [{position + 1}, {self.latest}], "
+                             f"got {position}")
+        b, h, w, k = self.batch_size, self.num_heads, self.word_size, self.k
+        bhw, bh = (b, h, w), (b, h)
+        inputs = [self._check("query", query, bhw, "(batch_size, num_heads, word_size)"),
+                  self._check("strength", strength, bh, "(batch_size, num_heads)"),
+                  self._check("add", add, bhw, "(batch_size, num_heads, word_size)"),
+                  self._check("write_gate", write_gate, bh, "(batch_size, num_heads)"),
+                  self._check("interp_gate", interp_gate, bh, "(batch_size, num_heads)")]
+        grads = []
+        for name, value, shape, what in (
+                ("grad_reads", grad_reads, bhw, "(batch_size, num_heads, word_size)"),
+                ("grad_weights", grad_weights, (b, h, k), "(batch_size, num_heads, k)")):
+            arr = np.zeros(shape) if value is None else np.asarray(value)
+            if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+                raise ValueError(f"{name} has dtype {arr.dtype} but a real floating array is expected")
+            if arr.shape != shape:
+                raise ValueError(f"{name} has shape {arr.shape} but expected {shape} {what}")
+            grads.append(np.ascontiguousarray(arr, dtype=np.float64))  # NaN propagates, as in autograd
+        if not isinstance(grad, MemoryGradient) or grad.shape != (b, self.num_slots, w):
+            raise ValueError(f"grad must be a samcpu.backprop.MemoryGradient of shape "
+                             f"{(b, self.num_slots, w)}, got {getattr(grad, 'shape', type(grad).__name__)}")
+        self.rewind(position)
+        rec = self.step_record(position)
+        out = StepGradients(np.empty(bhw), np.empty(bh), np.empty(bhw), np.empty(bh), np.empty(bh),
+                            np.empty((b, h, k)))
+        grad.reserve(h * (2 * k + 1))  # the rows one step can touch: K read, K + 1 written per head
+        K.batch_step_backward(self._memory, rec["rows"], rec["weights"], inputs[0], inputs[1], grads[0],
+                              grads[1], np.ascontiguousarray(rec["lra"]), rec["prev_rows"],
+                              rec["prev_weights"], inputs[2], inputs[3], inputs[4], EPS, grad.slot,
+                              grad.store, grad.owner, grad.count, *out)
+        return out
+
     def clear_journal(self):
         """Drop the journal (keep the contents): later rewinds stop at the current position.
         Use it between truncated-BPTT segments to free the journal's memory."""

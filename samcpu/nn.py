@@ -3,7 +3,7 @@
 SAM and DAM are used like ``torch.nn.LSTM``: ``y, state = model(x, state)`` with x of shape
 (T, B, input_size), or (B, T, input_size) with ``batch_first=True``.
 """
-import sys
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from . import torch_bridge
+from ._util import check_int
 from .memory import SparseMemory
+
+
+def _numpy_dtype(dtype, what):
+    if dtype not in torch_bridge.DTYPES:
+        raise ValueError(f"{what} must be torch.float32 or torch.float64, got {dtype}")
+    return np.float64 if dtype == torch.float64 else np.float32
 
 
 class SparseAccess(nn.Module):
@@ -20,51 +27,81 @@ class SparseAccess(nn.Module):
     ``state = access.initial_state(batch_size)``, then
     ``reads, state = access(query, strength, add, write_gate, interp_gate, state)`` with
     query (B, H, W), strength (B, H) > 0, add (B, H, W), gates (B, H) in [0, 1]; reads
-    (B, H, W). Differentiable in all five inputs and, through the state, across time.
-    The memory is reused between episodes: ``initial_state`` resets it in O(rows touched).
+    (B, H, W). Differentiable in all five inputs and, through the state, across time;
+    inputs must be float32 or float64 tensors.
+
+    The memory is reused between episodes: ``initial_state`` resets a memory in O(rows
+    touched) once no state and no autograd graph of its episode is alive (each holds the
+    episode's lease, :class:`samcpu.torch_bridge.Lease`); a state you hold is never reset
+    under you. The memory's dtype follows the module's like a parameter's: ``.double()``,
+    ``.float()`` or ``.to(dtype)`` apply from the next ``initial_state``.
     ``path``: a file name prefix for file-backed memories (scratch files ``path.0``,
-    ``path.1``, ... one per memory made; None: anonymous memory).
+    ``path.1``, ... in an existing folder, one per memory made, unlinked as soon as mapped so
+    that none outlives the module; None: anonymous memory).
     """
 
     def __init__(self, num_slots, word_size, num_heads=1, k=8, index="hnsw", dtype=torch.float32,
                  path=None, index_options=None):
         super().__init__()
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        _numpy_dtype(dtype, "dtype")
+        if path is not None:
+            try:
+                path = os.fspath(path)
+            except TypeError:
+                raise ValueError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise ValueError(f"path {path!r} is in {folder!r}, which is not an existing folder")
         self.num_slots, self.word_size, self.num_heads, self.k = num_slots, word_size, num_heads, k
-        self.index, self.dtype, self.path, self.index_options = index, dtype, path, index_options
+        self.index, self.path, self.index_options = index, path, index_options
         # checks the arguments now rather than at the first initial_state
         SparseMemory(1, num_slots, word_size, num_heads, k, index="exact")
-        self._pool = []  # memories of earlier episodes, reused once nothing refers to them
+        # follows .double() / .to(dtype) as parameters do; not saved in state_dict
+        self.register_buffer("_dtype_probe", torch.empty(0, dtype=dtype), persistent=False)
+        self._pool = []  # memories of earlier episodes, reused once no lease on them is alive
         self._made = 0
         self._handle = None
 
     pool_size = 3
 
+    @property
+    def dtype(self):
+        """The dtype of the memories (and states) made from now on."""
+        return self._dtype_probe.dtype
+
     def initial_state(self, batch_size):
         """An empty memory for a new episode, independent of earlier states.
 
-        A memory of an earlier episode is reset and reused (O(rows touched)) once nothing
-        refers to it any more (no state, no autograd graph); otherwise a new one is made, so
-        an old graph can still be backpropagated. In a training loop two memories alternate."""
+        A memory of an earlier episode is reset and reused (O(rows touched)) once no state and
+        no autograd graph of that episode is alive; otherwise a new one is made, so an old
+        state can still step and an old graph can still be backpropagated. In a training loop
+        two memories alternate."""
+        batch_size = check_int("batch_size", batch_size)
+        dtype = _numpy_dtype(self.dtype, f"{type(self).__name__}'s dtype (after .to(), .half(), ...)")
         for h in self._pool:
-            # references: the pool, the loop variable and getrefcount's argument
-            if h.mem.batch_size == batch_size and sys.getrefcount(h) <= 3:
-                h.mem.reset()
-                h.clear_grad()
-                h.epoch += 1
+            if h.mem.batch_size == batch_size and h.mem.dtype == dtype and not h.in_use:
+                h.reset()
                 break
         else:
-            mem = SparseMemory(batch_size, self.num_slots, self.word_size, self.num_heads, self.k,
-                               index=self.index, path=None if self.path is None else f"{self.path}.{self._made}",
-                               index_options=self.index_options,
-                               dtype=np.float64 if self.dtype == torch.float64 else np.float32)
-            self._made += 1
-            h = torch_bridge.MemoryHandle(mem)
+            h = torch_bridge.MemoryHandle(self._new_memory(batch_size, dtype))
             self._pool = [h] + self._pool[: self.pool_size - 1]
         self._handle = h
-        state = torch_bridge.initial_state(h)
-        return state
+        return torch_bridge.initial_state(h)
+
+    def _new_memory(self, batch_size, dtype):
+        args = (batch_size, self.num_slots, self.word_size, self.num_heads, self.k)
+        kwargs = dict(index=self.index, index_options=self.index_options, dtype=dtype)
+        if self.path is None:
+            return SparseMemory(*args, **kwargs)
+        while os.path.lexists(f"{self.path}.{self._made}"):  # not ours (a killed run's?): leave it
+            self._made += 1
+        path = f"{self.path}.{self._made}"
+        self._made += 1
+        try:
+            return SparseMemory(*args, path=path, **kwargs)
+        finally:  # the mapping keeps the file's pages; the name goes now, so no file outlives us
+            if os.path.lexists(path):
+                os.unlink(path)
 
     @property
     def memory(self):
@@ -117,9 +154,19 @@ class _MemoryNetwork(nn.Module):
         self.interface = nn.Linear(hidden_size, num_heads * (2 * word_size + 3), dtype=dtype)
         self.output = nn.Linear(hidden_size + num_heads * word_size, output_size, dtype=dtype)
         self.hidden_size = hidden_size
-        self.dtype = dtype
+
+    #: None, or a function applied to the reads r_t (B, H * W) of every step before the output
+    #: layer and the next step's controller see them; the memory is read and written as usual.
+    #: ``model.reads_hook = torch.zeros_like`` is the reads ablation (is the memory used?).
+    reads_hook = None
+
+    @property
+    def dtype(self):
+        """The parameters' dtype, which states and memories follow (after ``.double()`` too)."""
+        return self.output.weight.dtype
 
     def initial_state(self, batch_size):
+        batch_size = check_int("batch_size", batch_size)
         z = torch.zeros(batch_size, self.hidden_size, dtype=self.dtype)
         reads = torch.zeros(batch_size, self.num_heads * self.word_size, dtype=self.dtype)
         return ControllerState((z, z.clone()), reads, self.access.initial_state(batch_size))
@@ -146,6 +193,8 @@ class _MemoryNetwork(nn.Module):
         for x_t in x:
             h, c = self.cell(torch.cat([x_t, reads], 1), (h, c))
             reads, access_state = self._access_step(h, access_state)
+            if self.reads_hook is not None:
+                reads = self.reads_hook(reads)
             ys.append(self.output(torch.cat([h, reads], 1)))
         y = torch.stack(ys)
         if self.batch_first:
