@@ -1,4 +1,7 @@
 """Task generators, bits error and curriculum: targets checked on hand-made and decoded inputs."""
+import math
+from collections import deque
+
 import numpy as np
 import pytest
 import torch
@@ -204,10 +207,10 @@ def test_seeding_is_repeatable(name):
     batches_a = [a.sample(3, lvl) for lvl in (None, 2, a.max_level)]
     batches_b = [b.sample(3, lvl) for lvl in (None, 2, b.max_level)]
     batches_c = [c.sample(3, lvl) for lvl in (None, 2, c.max_level)]
-    for x, y in zip(batches_a, batches_b):
-        assert all(torch.equal(u, v) for u, v in zip(x, y))
+    for x, y in zip(batches_a, batches_b, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(x, y, strict=True))
     assert any(x.input.shape != z.input.shape or not torch.equal(x.input, z.input)
-               for x, z in zip(batches_a, batches_c))
+               for x, z in zip(batches_a, batches_c, strict=True))
     rng = np.random.default_rng(4)
     shared = make_task(name, seed=rng)
     assert shared.rng is rng
@@ -272,7 +275,7 @@ def test_bits_error_shape_errors():
 # ---------------------------------------------------------------- curriculum
 
 def test_curriculum_doubles_after_patience_good_losses():
-    cur = Curriculum(max_level=20, start_level=1, threshold=0.5, patience=3)
+    cur = Curriculum(max_level=20, start_level=1, threshold=0.5, patience=3, hard_fraction=None)
     assert cur.current == 1
     assert [cur.update(0.1) for _ in range(3)] == [False, False, True]
     assert cur.current == 2 and cur.state_dict()["history"] == []
@@ -284,15 +287,93 @@ def test_curriculum_doubles_after_patience_good_losses():
 
 
 def test_curriculum_holds_on_bad_losses():
-    cur = Curriculum(max_level=8, threshold=0.5, patience=3)
+    cur = Curriculum(max_level=8, threshold=0.5, patience=3, hard_fraction=None)
     for loss in (0.1, 0.1, 2.0, 0.1, 0.1, float("nan"), 0.2, 0.2):
         assert not cur.update(loss)
     assert cur.current == 1
     # mean of the last 3 is what counts: one more good loss flushes the nan out
     assert cur.update(0.2) and cur.current == 2
-    cur = Curriculum(max_level=8, threshold=0.5, patience=2)
+    cur = Curriculum(max_level=8, threshold=0.5, patience=2, hard_fraction=None)
     cur.update(0.5)
     assert not cur.update(0.5) and cur.current == 1  # strictly below the threshold
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [
+    (0.25, {1: 1, 2: 2, 3: 3, 4: 4, 7: 7, 8: 7, 16: 13, 20: 16, 1024: 769}),
+    (0.5, {1: 1, 2: 2, 3: 3, 4: 3, 8: 5, 16: 9, 20: 11}),
+    (1.0, {1: 1, 2: 1, 8: 1, 20: 1}),
+    (None, {1: 1, 8: 1, 20: 1}),
+])
+def test_curriculum_hard_levels_are_the_top_share(fraction, expected):
+    for current, lowest in expected.items():
+        cur = Curriculum(max_level=2048, start_level=current, hard_fraction=fraction)
+        assert cur.hard_from == lowest, current
+
+
+def test_curriculum_rises_only_when_the_hardest_levels_are_solved():
+    # easy levels perfect, the top levels failed: the old mean over all levels rises, this not
+    hard = Curriculum(max_level=64, start_level=16, threshold=1.0, patience=10)
+    mean = Curriculum(max_level=64, start_level=16, threshold=1.0, patience=10, hard_fraction=None)
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        level = hard.sample_level(rng)
+        loss = 0.0 if level <= 12 else 50.0
+        hard.update(loss, level)
+        mean.update(loss, level)
+    assert hard.current == 16 and mean.current == 64
+    # easy levels failed, hard ones (13-16) solved: it rises after `patience` hard episodes
+    for k in range(10):
+        assert not hard.update(9.0, 12)
+        assert hard.update(0.5, 13 + k % 4) == (k == 9)
+    assert hard.current == 32 and hard.hard_from == 25 and hard.history == deque()
+
+
+def reference_curriculum(events, max_level, start, threshold, patience, fraction):
+    """Brute force: after each (level, loss), the mean of the last `patience` losses at levels in
+    the top max(1, floor(fraction * current)) levels since the last rise."""
+    current, since, out = start, [], []
+    for level, loss in events:
+        since.append((level, loss))
+        top = current - max(1, math.floor(fraction * current)) + 1
+        hard = [x for lv, x in since if lv >= top]
+        rose = current < max_level and len(hard) >= patience and np.mean(hard[-patience:]) < threshold
+        if rose:
+            current, since = min(2 * current, max_level), []
+        out.append((rose, current))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_curriculum_matches_a_brute_force_reference(seed, fraction):
+    rng = np.random.default_rng(seed)
+    cur = Curriculum(max_level=100, start_level=1, threshold=1.0, patience=5, hard_fraction=fraction)
+    events, got = [], []
+    for _ in range(3000):
+        level = cur.sample_level(rng)
+        # losses grow with the level relative to a slowly improving skill
+        loss = float(rng.exponential(0.3 * level / (1 + len(events) / 300)))
+        events.append((level, loss))
+        got.append((cur.update(loss), cur.current))  # level from sample_level
+    assert got == reference_curriculum(events, 100, 1, 1.0, 5, fraction)
+    assert got[-1][1] > 8  # the stream exercised several rises
+
+
+def test_curriculum_update_level_checks():
+    cur = Curriculum(max_level=8, start_level=4, patience=2)
+    with pytest.raises(ValueError, match="level is needed"):
+        cur.update(0.0)
+    for bad in (0, 9, 2.5, True):
+        with pytest.raises(ValueError, match="level"):
+            cur.update(0.0, bad)
+    assert cur.state_dict()["history"] == [] and cur.current == 4
+    cur.update(0.0, np.int64(4))  # numpy integers are levels
+    assert cur.history == deque([0.0])
+    assert not cur.update(0.0, 3)  # below hard_from: not recorded
+    assert cur.history == deque([0.0])
+    for bad in (0, -0.5, 1.5, float("nan"), "x", True):
+        with pytest.raises(ValueError, match="hard_fraction"):
+            Curriculum(8, hard_fraction=bad)
 
 
 def test_curriculum_sample_level_in_range():
@@ -300,26 +381,39 @@ def test_curriculum_sample_level_in_range():
     rng = np.random.default_rng(0)
     levels = [cur.sample_level(rng) for _ in range(200)]
     assert set(levels) == {1, 2, 3, 4} and all(type(v) is int for v in levels)
+    assert cur.last_level == levels[-1]
 
 
 def test_curriculum_state_dict_round_trip():
-    cur = Curriculum(max_level=10, start_level=2, threshold=0.3, patience=4)
-    for loss in (0.1, 0.1, 0.1, 0.1, 0.2, 0.7):
-        cur.update(loss)
+    cur = Curriculum(max_level=10, start_level=2, threshold=0.3, patience=4, hard_fraction=0.5)
+    for level, loss in ((2, 0.1), (1, 5.0), (2, 0.1), (2, 0.1), (2, 0.1), (4, 0.2), (3, 0.7), (2, 9.0)):
+        cur.update(loss, level)
     state = cur.state_dict()
     assert state == {"max_level": 10, "start_level": 2, "threshold": 0.3, "patience": 4,
-                     "current": 4, "history": [0.2, 0.7]}
+                     "hard_fraction": 0.5, "current": 4, "history": [0.2, 0.7], "last_level": None}
     other = Curriculum(max_level=3)
     other.load_state_dict(state)
     assert other.state_dict() == state
     for c in (cur, other):
-        c.update(0.0)
-        c.update(0.0)
+        c.update(0.0, 4)
+        c.update(0.0, 3)
     assert cur.state_dict() == other.state_dict() and other.current == 8
-    with pytest.raises(ValueError, match="current"):
-        Curriculum(10).load_state_dict({**state, "current": 11})
+    before = other.state_dict()
+    for bad in ({**state, "current": 11}, {**state, "hard_fraction": 2.0}, {**state, "last_level": 0},
+                {**state, "history": [0.0] * 5}):
+        with pytest.raises(ValueError, match="current|hard_fraction|last_level|history"):
+            other.load_state_dict(bad)
+        assert other.state_dict() == before  # unchanged
     with pytest.raises(ValueError, match="missing"):
         Curriculum(10).load_state_dict({"current": 1})
+
+
+def test_curriculum_loads_a_state_from_before_hard_levels():
+    old = {"max_level": 10, "start_level": 1, "threshold": 0.3, "patience": 4, "current": 4,
+           "history": [0.1, 0.2]}
+    cur = Curriculum(10)
+    cur.load_state_dict(old)
+    assert cur.hard_fraction == 0.25 and cur.current == 4 and cur.history == deque()
 
 
 def test_curriculum_bad_arguments():
