@@ -28,8 +28,16 @@ def info(args):
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``samcpu train: error: argument --slots: ...``,
+    exit status 2 (no usage block: ``--help`` shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="samcpu", description="Sparse Access Memory on CPU")
+    p = OneLineParser(prog="samcpu", description="Sparse Access Memory on CPU")
     sub = p.add_subparsers(dest="command", required=True)
     from .train import add_arguments, train
 
@@ -48,9 +56,15 @@ def main(argv=None):
         if args.command == "bench":
             return scaling(args)
         return info(args)
-    except ValueError as e:
+    except ValueError as e:  # a bad argument or file: one line naming it
         print(f"samcpu {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the filesystem (full disk, permissions) after the checks
+        print(f"samcpu {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"samcpu {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,28 +3,60 @@
 Each iteration is one episode: a batch drawn at a level from the curriculum, a fresh memory,
 forward over the whole sequence, the masked loss, backprop through time, an optimiser step.
 Metrics go to ``OUT/metrics.csv`` and ``OUT/curve.png``; checkpoints to ``OUT/checkpoint.pt``
-(written atomically; loadable with ``torch.load(weights_only=True)``). ``--resume`` continues
-a run exactly where its checkpoint left it (model, optimiser, curriculum, random streams).
+(written atomically, with a sha256 of its contents: see :func:`save_checkpoint`). ``--resume``
+continues a run exactly where its checkpoint left it (model, optimiser, curriculum, random
+streams); the arguments that define the run (``RUN_ARGS``) must be the checkpoint's, those in
+``RESUMABLE_ARGS`` may change, and both default to the checkpoint's when left out. A lock file
+in ``OUT`` keeps a second run out of a folder in use. Ctrl-C finishes the episode and saves; a
+second Ctrl-C abandons the episode at once and saves the state before it.
 """
 import argparse
+import contextlib
 import csv
+import fcntl
+import hashlib
+import io
+import math
 import os
+import re
 import signal
-import tempfile
+import sys
 import time
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ._util import atomic_write, parse_int
+from .memory import MAX_SLOTS
 from .nn import DAM, SAM
 from .tasks import Curriculum, bits_error, make_task
 
 CSV_FIELDS = ["episode", "level", "max_level", "loss", "bits_error", "ms_per_step", "seconds"]
 
-
 #: the task parameter that --max-level sets (the task's hardest level)
 MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_items"}
+
+#: the defaults of the arguments (None in the parser, so that a resumed run can tell the
+#: arguments given from those left out)
+DEFAULTS = dict(task="copy", model="sam", slots=1_000_000, batch=8, max_level=None, steps=10_000,
+                minutes=None, lr=3e-4, momentum=0.9, clip=10.0, hidden=100, word=32, heads=4, k=4,
+                index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0, threads=2, torch_threads=1,
+                checkpoint_every=200)
+
+#: arguments that define a run: a resumed run refuses other values than its checkpoint's
+RUN_ARGS = ("task", "model", "slots", "batch", "max_level", "hidden", "word", "heads", "k", "index",
+            "curriculum", "patience", "seed", "momentum")
+#: arguments a resumed run may change (from its next episode on; recorded in the checkpoint)
+RESUMABLE_ARGS = ("steps", "lr", "clip", "threshold", "threads", "torch_threads", "checkpoint_every")
+
+CHECKPOINT_KEYS = ("model", "optimizer", "curriculum", "task_rng", "level_rng", "torch_rng", "episode",
+                   "args")
+LOCK_NAME = ".samcpu-train.lock"
+
+_TRAILER_HEAD = b"\nsamcpu-checkpoint 1 sha256 "
+_TRAILER = re.compile(re.escape(_TRAILER_HEAD) + rb"([0-9a-f]{64})\n\Z")
+_TRAILER_LEN = len(_TRAILER_HEAD) + 64 + 1
 
 
 def task_of(args, seed):
@@ -64,42 +96,191 @@ def episode_loss(model, batch):
     return (bce * batch.mask).sum() / batch.input.shape[1], y
 
 
+# ------------------------------------------------------------------ checkpoints
+
 def save_checkpoint(path, state):
-    """torch.save to a temporary file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    """Write ``state`` (torch-serialisable with ``weights_only``) to ``path`` all or nothing.
+
+    The file is the ``torch.save`` bytes followed by one line, ``samcpu-checkpoint 1 sha256
+    <hex>``, the sha256 of those bytes: :func:`load_checkpoint` refuses a file whose bytes do
+    not match it. ``torch.load(path, weights_only=True)`` still reads the file (a zip reader
+    ignores the trailing line) but checks nothing."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    trailer = _TRAILER_HEAD + hashlib.sha256(data).hexdigest().encode() + b"\n"
+
+    def write(f):
+        f.write(data)
+        f.write(trailer)
+
+    atomic_write(path, write)
+
+
+def _is_unchecked_zip(raw):
+    """A plain torch file (a zip ending in an end-of-central-directory record without comment):
+    a checkpoint written before checkpoints had a checksum."""
+    return raw[:4] == b"PK\x03\x04" and raw[-22:-18] == b"PK\x05\x06" and raw[-2:] == b"\x00\x00"
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def load_checkpoint(path):
+    """The state :func:`save_checkpoint` wrote to ``path``, loaded with ``weights_only=True``
+    after its sha256 is checked; ``ValueError`` (one line) for a missing, damaged or foreign
+    file. A checkpoint from before the checksum is loaded unchecked, with a warning."""
     if not os.path.isfile(path):
         raise ValueError(f"--resume: no checkpoint at {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    match = _TRAILER.search(raw[-_TRAILER_LEN:])
+    if match:
+        data = raw[:-_TRAILER_LEN]
+        if hashlib.sha256(data).hexdigest().encode() != match.group(1):
+            raise ValueError(f"--resume: {path} is damaged: its contents do not match the sha256 it was "
+                             "saved with (not loaded)")
+    elif _is_unchecked_zip(raw):
+        data = raw
+        print(f"warning: {path} has no checksum (saved before samcpu wrote one): loaded unchecked",
+              file=sys.stderr)
+    else:
+        raise ValueError(f"--resume: {path} is damaged or not a samcpu checkpoint (its checksum line "
+                         "is missing or altered)")
     try:
-        return torch.load(path, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, keep the cause
-        raise ValueError(f"--resume: {path} is not a readable samcpu checkpoint ({e})") from e
+        state = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as e:  # a foreign torch file: say which, keep the cause
+        raise ValueError(f"--resume: {path} is not a readable samcpu checkpoint ({_first_line(e)})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"--resume: {path} is not a samcpu checkpoint (it holds a {type(state).__name__})")
+    return state
 
 
-def plot(csv_path, png_path, title):
-    """The learning curve: loss and bits error per episode, curriculum level."""
+def check_training_checkpoint(ck, path):
+    """``ck`` has what ``samcpu train --resume`` needs, or ``ValueError`` naming what is missing."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in ck]
+    if missing:
+        raise ValueError(f"--resume: {path} lacks {', '.join(missing)}: not a samcpu train checkpoint")
+    episode = ck["episode"]
+    if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
+        raise ValueError(f"--resume: {path} has episode {episode!r}, not an integer >= 0")
+    for key in ("model", "optimizer", "curriculum", "args"):
+        if not isinstance(ck[key], dict):
+            raise ValueError(f"--resume: {path} has a {type(ck[key]).__name__} for {key}, not a dict")
+
+
+# ------------------------------------------------------------------ arguments of a run
+
+def _effective(key, value):
+    return DEFAULTS[key] if value is None else value
+
+
+def _default_max_level(task):
+    return make_task(task).max_level
+
+
+def resolve_args(args, saved=None):
+    """The run's arguments: ``args`` with the arguments left out (None) filled in.
+
+    A new run (``saved`` None) takes ``DEFAULTS``. A resumed run takes its checkpoint's
+    arguments ``saved``; a given argument of ``RUN_ARGS`` that differs from the checkpoint's is
+    a ``ValueError`` naming every such argument. Returns (args, changed) with changed
+    ``{name: [checkpoint's, given]}`` for the ``RESUMABLE_ARGS`` given with a new value."""
+    given = vars(args)
+    out = argparse.Namespace(**given)
+    if saved is None:
+        for key, value in DEFAULTS.items():
+            if given.get(key) is None:
+                setattr(out, key, value)
+        return out, {}
+    mismatches = []
+    for key in RUN_ARGS:
+        old = _effective(key, saved.get(key))
+        new = given.get(key)
+        if new is None:
+            setattr(out, key, old)
+            continue
+        if key == "max_level":  # None is the task's own hardest level
+            task = _effective("task", saved.get("task"))
+            same = (old if old is not None else _default_max_level(task)) == new
+        else:
+            same = old == new
+        if not same:
+            mismatches.append(f"--{key.replace('_', '-')} {new} (the checkpoint's run has {old})")
+    if mismatches:
+        raise ValueError("--resume: arguments differ from the checkpoint's run: " + "; ".join(mismatches)
+                         + " (leave them out to take the checkpoint's, or start a new run in another --out)")
+    changed = {}
+    for key in RESUMABLE_ARGS:
+        old = _effective(key, saved.get(key))
+        new = given.get(key)
+        if new is None:
+            setattr(out, key, old)
+        elif new != old:
+            changed[key] = [old, new]
+    return out, changed
+
+
+def _check_combination(args):
+    if args.model == "sam":
+        for key in ("k", "heads"):
+            if getattr(args, key) > args.slots:
+                raise ValueError(f"--{key} is {getattr(args, key)} but must be <= --slots ({args.slots:,d})")
+
+
+def _task_for(args, seed):
+    try:
+        return task_of(args, seed=seed)
+    except ValueError as e:
+        raise ValueError(f"--max-level {args.max_level}: {e}") from None
+
+
+@contextlib.contextmanager
+def _locked_out(out):
+    """Hold ``OUT/.samcpu-train.lock`` (flock) for the run, making ``out`` if needed;
+    ``ValueError`` naming ``--out`` if it cannot be made, written or is in use."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot make this folder ({e.strerror or e})") from None
+    lock_path = os.path.join(out, LOCK_NAME)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write in this folder ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"--out {out} is in use by another samcpu train run (it holds {lock_path}); "
+                             "wait for it to end or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_out(args):
+    out = args.out
+    if not out:
+        raise ValueError("--out must name a folder, got ''")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file, not a folder")
+
+
+# ------------------------------------------------------------------ the learning curve
+
+def curve_figure(rows, title):
+    """The learning curve of CSV ``rows``: loss and bits error per episode (left axis),
+    curriculum level (right axis), the legend below the axes (it covers no curve)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
     ep = np.array([int(r["episode"]) for r in rows])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for key, colour in (("loss", "tab:blue"), ("bits_error", "tab:red")):
         v = np.array([float(r[key]) for r in rows])
         w = max(1, len(v) // 100)
@@ -109,42 +290,143 @@ def plot(csv_path, png_path, title):
     ax.set_xlabel("episode")
     ax.set_ylabel("per sequence")
     level = ax.twinx()
-    level.step(ep, [int(r["max_level"]) for r in rows], color="tab:green", where="post", label="curriculum level")
+    level.step(ep, [int(r["max_level"]) for r in rows], color="tab:green", where="post",
+               label="curriculum level")
     level.set_ylabel("curriculum level")
-    fig.legend(loc="upper right")
     ax.set_title(title)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncols=3, frameon=False)
+    return fig
+
+
+def plot(csv_path, png_path, title):
+    """The learning curve of ``csv_path`` to ``png_path`` (nothing without rows)."""
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    fig = curve_figure(rows, title)
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
 
 
-def train(args):
+def progress_bar(args, episode):
+    """tqdm over the episodes up to ``--steps``; with ``--minutes``, over the time budget
+    instead (elapsed and remaining time; the episode count in the postfix)."""
     from tqdm import tqdm
 
+    desc = f"{args.model} {args.task} N={args.slots:,}"
+    if args.minutes is None:
+        return tqdm(total=args.steps, initial=episode, disable=args.quiet, dynamic_ncols=True, desc=desc)
+    fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n:.1f} of " + f"{args.minutes:g}"
+           + " min [{elapsed} elapsed, {remaining} left{postfix}]")
+    return tqdm(total=args.minutes, disable=args.quiet, dynamic_ncols=True, desc=desc, bar_format=fmt)
+
+
+# ------------------------------------------------------------------ training
+
+class _Interrupts:
+    """SIGINT during training: the first asks the loop to stop after its episode; a later one
+    raises ``KeyboardInterrupt`` at once, but never inside a ``deferred()`` block (an optimiser
+    step with its bookkeeping, a checkpoint write), which it lets finish."""
+
+    def __init__(self):
+        self.count = 0
+        self._depth = 0
+
+    def handler(self, signum, frame):
+        self.count += 1
+        if self.count > 1 and not self._depth:
+            raise KeyboardInterrupt
+
+    def hold(self):
+        """From now on a SIGINT only counts (the run is ending: its checkpoint must be saved)."""
+        self._depth += 1
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+
+def _rng_states(task, levels, curriculum):
+    return (task.rng.bit_generator.state, levels.bit_generator.state, torch.get_rng_state(),
+            curriculum.last_level)
+
+
+def _restore_rng_states(states, task, levels, curriculum):
+    task.rng.bit_generator.state, levels.bit_generator.state, torch_rng, curriculum.last_level = states
+    torch.set_rng_state(torch_rng)
+
+
+def _show(bar, args, start, episode, **postfix):
+    """Advance the progress bar by one episode, or to the minutes elapsed under ``--minutes``."""
+    if args.minutes is None:
+        bar.set_postfix(**postfix)
+        bar.update()
+    else:
+        bar.set_postfix(episode=episode, **postfix)
+        bar.update(min(args.minutes, (time.perf_counter() - start) / 60) - bar.n)
+
+
+def train(args):
+    """Run ``samcpu train`` with the parsed ``args``; returns the exit code (130 if
+    interrupted). Bad arguments and files: ``ValueError`` with one line naming them."""
+    _check_out(args)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and not os.path.isfile(ckpt_path):
+        raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
+    with _locked_out(args.out):
+        return _train_locked(args, ckpt_path)
+
+
+def _train_locked(args, ckpt_path):
     import numba
 
+    csv_path = os.path.join(args.out, "metrics.csv")
+    png_path = os.path.join(args.out, "curve.png")
+    ck, changed = None, {}
+    if args.resume:
+        ck = load_checkpoint(ckpt_path)
+        check_training_checkpoint(ck, ckpt_path)
+        args, changed = resolve_args(args, ck["args"])
+    else:
+        args, _ = resolve_args(args)
+    _check_combination(args)
     # small batches: torch's ops are too small to share, and its OpenMP pool spinning beside
     # the index threads costs far more than it gives (measured: 25 ms vs 1.2 s an episode)
     torch.set_num_threads(args.torch_threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
-    csv_path = os.path.join(args.out, "metrics.csv")
-    png_path = os.path.join(args.out, "curve.png")
-    task = task_of(args, seed=args.seed)
+    task = _task_for(args, seed=args.seed)
     model, opt, curriculum = build(args, task)
     levels = np.random.default_rng(args.seed + 1)
     episode = 0
     elapsed = 0.0  # training seconds of earlier runs this one resumes: the CSV's clock goes on
-    if args.resume:
-        ck = load_checkpoint(ckpt_path)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        curriculum.load_state_dict(ck["curriculum"])
-        task.rng.bit_generator.state = ck["task_rng"]
-        levels.bit_generator.state = ck["level_rng"]
-        torch.set_rng_state(ck["torch_rng"])
+    resumes = []  # the arguments each resume changed
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            curriculum.load_state_dict(ck["curriculum"])
+            task.rng.bit_generator.state = ck["task_rng"]
+            levels.bit_generator.state = ck["level_rng"]
+            torch.set_rng_state(ck["torch_rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"--resume: {ckpt_path} does not fit this run ({_first_line(e)})") from None
+        # the arguments a resume may change take effect here (the checkpoint's when not given)
+        for group in opt.param_groups:
+            group["lr"] = args.lr
+        curriculum.threshold = float(args.threshold)
         episode = ck["episode"]
+        resumes = list(ck.get("resumes", []))
+        if changed:
+            resumes.append(dict(episode=episode, changed=changed))
+            print(f"resumed at episode {episode:,d} with " + ", ".join(
+                f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
         kept = _truncate_csv(csv_path, episode)
         # checkpoints from before "seconds" was stored: the last kept row's clock (which
         # counts from the last resume, if such a run was resumed before)
@@ -160,74 +442,95 @@ def train(args):
         save_checkpoint(ckpt_path, dict(
             model=model.state_dict(), optimizer=opt.state_dict(), curriculum=curriculum.state_dict(),
             task_rng=task.rng.bit_generator.state, level_rng=levels.bit_generator.state,
-            torch_rng=torch.get_rng_state(), episode=episode, seconds=seconds(), args=vars(args)))
+            torch_rng=torch.get_rng_state(), episode=episode, seconds=seconds(), args=vars(args),
+            resumes=resumes))
 
-    new_file = not os.path.exists(csv_path)
-    out = open(csv_path, "a", newline="")
-    writer = csv.DictWriter(out, CSV_FIELDS)
-    if new_file:
-        writer.writeheader()
-    bar = tqdm(total=args.steps, initial=episode, disable=args.quiet, dynamic_ncols=True,
-               desc=f"{args.model} {args.task} N={args.slots:,}")
-    interrupted = []
-
-    def on_sigint(signum, frame):  # finish the episode, then save; a second Ctrl-C stops at once
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    interrupts = _Interrupts()
+    saved_at = None
+    before = None  # the random streams before the episode under way (None: it committed)
+    previous = signal.signal(signal.SIGINT, interrupts.handler)
     try:
-        while episode < args.steps and not interrupted:
-            level = curriculum.sample_level(levels)
-            batch = task.sample(args.batch, level)
-            t0 = time.perf_counter()
-            loss, logits = episode_loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            opt.step()
-            ms = 1e3 * (time.perf_counter() - t0) / batch.input.shape[0]
-            bits = bits_error(logits, batch.target, batch.mask)
-            curriculum.update(bits)
-            episode += 1
-            writer.writerow(dict(episode=episode, level=level, max_level=curriculum.current,
-                                 loss=f"{loss.item():.6g}", bits_error=f"{bits:.6g}",
-                                 ms_per_step=f"{ms:.4g}", seconds=f"{seconds():.3f}"))
-            bar.set_postfix(loss=f"{loss.item():.3f}", bits=f"{bits:.2f}", level=curriculum.current,
-                            ms_step=f"{ms:.2f}")
-            bar.update()
-            if episode % args.checkpoint_every == 0 or episode == args.steps:
-                out.flush()
-                checkpoint()
-            if args.minutes and time.perf_counter() - start > 60 * args.minutes:
-                break
-    except KeyboardInterrupt:
-        pass
+        new_file = not os.path.exists(csv_path)
+        with open(csv_path, "a", newline="") as out:
+            writer = csv.DictWriter(out, CSV_FIELDS)
+            if new_file:
+                writer.writeheader()
+            bar = progress_bar(args, episode)
+            try:
+                while True:
+                    with interrupts.deferred():
+                        out_of_time = args.minutes and time.perf_counter() - start > 60 * args.minutes
+                        if episode >= args.steps or interrupts.count or out_of_time:
+                            interrupts.hold()  # from here on a Ctrl-C only counts
+                            break
+                        before = _rng_states(task, levels, curriculum)
+                    level = curriculum.sample_level(levels)
+                    batch = task.sample(args.batch, level)
+                    t0 = time.perf_counter()
+                    loss, logits = episode_loss(model, batch)
+                    opt.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                    with interrupts.deferred():  # the episode commits whole, or not at all
+                        opt.step()
+                        ms = 1e3 * (time.perf_counter() - t0) / batch.input.shape[0]
+                        bits = bits_error(logits, batch.target, batch.mask)
+                        curriculum.update(bits)
+                        episode += 1
+                        before = None
+                        writer.writerow(dict(episode=episode, level=level, max_level=curriculum.current,
+                                             loss=f"{loss.item():.6g}", bits_error=f"{bits:.6g}",
+                                             ms_per_step=f"{ms:.4g}", seconds=f"{seconds():.3f}"))
+                        _show(bar, args, start, episode, loss=f"{loss.item():.3f}", bits=f"{bits:.2f}",
+                              level=curriculum.current, ms_step=f"{ms:.2f}")
+                        if episode % args.checkpoint_every == 0 or episode == args.steps:
+                            out.flush()
+                            os.fsync(out.fileno())
+                            checkpoint()
+                            saved_at = episode
+            except KeyboardInterrupt:  # a second Ctrl-C: the episode under way is abandoned
+                interrupts.hold()
+                if before is not None:
+                    _restore_rng_states(before, task, levels, curriculum)
+            finally:
+                bar.close()
+        if saved_at != episode:
+            checkpoint()
     finally:
         signal.signal(signal.SIGINT, previous)
-        bar.close()
-        out.close()
-    checkpoint()
     plot(csv_path, png_path, f"{args.model.upper()} on {args.task}, N={args.slots:,}, batch {args.batch}")
-    print(("interrupted: " if interrupted else "") + f"{episode} episodes; curriculum level "
+    print(("interrupted: " if interrupts.count else "") + f"{episode} episodes; curriculum level "
           f"{curriculum.current}/{task.max_level}")
     print(f"learning curve: {png_path}\nmetrics:        {csv_path}\ncheckpoint:     {ckpt_path}")
-    print(f"go on with:     samcpu train {' '.join(_argv_of(args))} --resume  (raise --steps to train longer)")
-    return 130 if interrupted else 0
+    print(f"go on with:     samcpu train {' '.join(_argv_of(args))} --resume  "
+          "(raise --steps to train longer)")
+    return 130 if interrupts.count else 0
 
 
 def _truncate_csv(path, episode):
-    """Keep the metric rows up to ``episode`` (a resumed run writes the later ones again);
-    returns the kept rows (none without a CSV)."""
+    """Keep the complete metric rows up to ``episode`` (a resumed run writes the later ones
+    again), rewriting the file atomically; returns the kept rows (none without a CSV)."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if int(r["episode"]) <= episode]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, CSV_FIELDS)
+    with open(path, newline="") as f:
+        rows = []
+        for r in csv.DictReader(f):
+            if None in r or None in r.values():  # a row cut short by a kill
+                continue
+            try:
+                if int(r["episode"]) <= episode:
+                    rows.append(r)
+            except (KeyError, ValueError):
+                continue
+
+    def write(f):
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+        f.write(text.getvalue().encode())
+
+    atomic_write(path, write)
     return rows
 
 
@@ -249,47 +552,89 @@ def _argv_of(args):
 _DEFAULT_BOOLS = {"curriculum": True}
 
 
-def _positive(text):
-    try:
-        value = int(float(text))
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1 or value != float(text):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+# ------------------------------------------------------------------ argument types
+
+def _int_arg(minimum=1, maximum=None):
+    def parse(text):
+        try:
+            return parse_int(text, minimum, maximum)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = "integer"
+    return parse
+
+
+#: an argparse type: an integer >= 1 ("1000", "1e6"; not "2.5", "inf")
+positive_int_arg = _int_arg(1)
+_positive = positive_int_arg  # bench.py's name for it, until bench.py imports positive_int_arg
+
+
+def _float_arg(low, high=None, low_open=True, high_open=True):
+    """An argparse type: a finite float in the interval given (open or closed ends)."""
+    lo = "(" if low_open else "["
+    hi = ")" if high_open or high is None else "]"
+    span = f"in {lo}{low:g}, {'inf' if high is None else format(high, 'g')}{hi}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        if high is not None:
+            ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected a finite number {span}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _with_default(key, text=""):
+    d = DEFAULTS[key]
+    if isinstance(d, bool):
+        note = f"default {'on' if d else 'off'}"
+    else:
+        note = f"default {d:,}" if isinstance(d, int) else f"default {d}"
+    if key in RUN_ARGS or key in RESUMABLE_ARGS:
+        note += "; with --resume, the checkpoint's"
+    return f"{text} ({note})" if text else f"({note})"
 
 
 def add_arguments(p):
-    p.add_argument("--task", choices=["copy", "recall", "sort"], default="copy")
-    p.add_argument("--model", choices=["sam", "dam"], default="sam")
-    p.add_argument("--slots", type=lambda s: int(float(s)), default=1_000_000, help="memory rows N")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--max-level", type=_positive, default=None,
+    positive = positive_int_arg
+    positive_float = _float_arg(0)
+    p.add_argument("--task", choices=["copy", "recall", "sort"], help=_with_default("task"))
+    p.add_argument("--model", choices=["sam", "dam"], help=_with_default("model"))
+    p.add_argument("--slots", type=_int_arg(1, MAX_SLOTS), help=_with_default("slots", "memory rows N"))
+    p.add_argument("--batch", type=positive, help=_with_default("batch"))
+    p.add_argument("--max-level", type=positive,
                    help="the task's hardest level: copy length (20), recall items (6), sort keys (20)")
-    p.add_argument("--steps", type=int, default=10_000, help="episodes (optimiser steps)")
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (this invocation's; the CSV's seconds go "
-                        "on across --resume)")
-    p.add_argument("--lr", type=float, default=3e-4,
-                   help="RMSProp learning rate (3e-4: of 1e-4, 3e-4 and 1e-3, the one that learned "
-                        "copy fastest here)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--clip", type=float, default=10.0, help="gradient norm clip")
-    p.add_argument("--hidden", type=int, default=100)
-    p.add_argument("--word", type=int, default=32)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--index", choices=["hnsw", "exact"], default="hnsw")
-    p.add_argument("--curriculum", action=argparse_bool(), default=True)
-    p.add_argument("--threshold", type=float, default=1.0, help="curriculum: bits error per sequence")
-    p.add_argument("--patience", type=int, default=50, help="curriculum: episodes averaged")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive, default=2, help="numba and HNSW index threads")
-    p.add_argument("--torch-threads", type=_positive, default=1, help="torch intra-op threads")
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--out", default="runs/latest")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--steps", type=positive, help=_with_default("steps", "episodes (optimiser steps)"))
+    p.add_argument("--minutes", type=positive_float,
+                   help="stop after this wall time (this invocation's; the CSV's seconds go on across "
+                        "--resume)")
+    p.add_argument("--lr", type=positive_float,
+                   help=_with_default("lr", "RMSProp learning rate (3e-4: of 1e-4, 3e-4 and 1e-3, the one "
+                                            "that learned copy fastest here)"))
+    p.add_argument("--momentum", type=_float_arg(0, 1, low_open=False),
+                   help=_with_default("momentum", "RMSProp, in [0, 1)"))
+    p.add_argument("--clip", type=positive_float, help=_with_default("clip", "gradient norm clip"))
+    p.add_argument("--hidden", type=positive, help=_with_default("hidden", "LSTM units"))
+    p.add_argument("--word", type=positive, help=_with_default("word", "word size W"))
+    p.add_argument("--heads", type=positive, help=_with_default("heads", "read/write heads"))
+    p.add_argument("--k", type=positive, help=_with_default("k", "rows read per head (SAM)"))
+    p.add_argument("--index", choices=["hnsw", "exact"], help=_with_default("index", "SAM's index"))
+    p.add_argument("--curriculum", action=argparse.BooleanOptionalAction, help=_with_default("curriculum"))
+    p.add_argument("--threshold", type=_float_arg(0, low_open=False),
+                   help=_with_default("threshold", "curriculum: bits error per sequence"))
+    p.add_argument("--patience", type=positive,
+                   help=_with_default("patience", "curriculum: episodes averaged"))
+    p.add_argument("--seed", type=_int_arg(0, 2**63 - 2), help=_with_default("seed"))
+    p.add_argument("--threads", type=positive, help=_with_default("threads", "numba and HNSW index threads"))
+    p.add_argument("--torch-threads", type=positive,
+                   help=_with_default("torch_threads", "torch intra-op threads"))
+    p.add_argument("--checkpoint-every", type=positive, help=_with_default("checkpoint_every", "episodes"))
+    p.add_argument("--out", default="runs/latest", help="the run's folder (default runs/latest)")
+    p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def argparse_bool():
-    return argparse.BooleanOptionalAction

@@ -52,7 +52,7 @@ def parse(argv):
     from samcpu import train
     p = argparse.ArgumentParser()
     train.add_arguments(p)
-    return p.parse_args(argv)
+    return train.resolve_args(p.parse_args(argv))[0]
 
 
 @pytest.mark.parametrize("index", ["hnsw", "exact"])
