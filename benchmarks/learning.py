@@ -50,7 +50,8 @@ def train(args, task, model, seed, minutes, out=None, extra=()):
     out = out or run_dir(args, task, model, seed)
     cmd = [sys.executable, "-m", "samcpu", "train", "--task", task, "--model", model,
            "--slots", str(SLOTS[model]), "--lr", str(args.lr), "--seed", str(seed), "--threads", "1",
-           "--torch-threads", "1", "--minutes", str(minutes), "--steps", str(10**9), "--quiet", "--out", out, *extra]
+           "--torch-threads", "1", "--minutes", str(minutes), "--steps", str(10**9), "--quiet", "--out", out,
+           *extra]
     if args.resume and os.path.exists(os.path.join(out, "checkpoint.pt")):
         cmd.append("--resume")
     t0 = time.perf_counter()
@@ -76,13 +77,8 @@ def evaluate(out, batches, level=None, zero_reads=False):
     task = task_of(a, seed=10_000 + a.seed)
     model, _, _ = build(a, task)
     model.load_state_dict(ck["model"])
-    if zero_reads:
-        read = model._access_step
-
-        def no_reads(h, state):
-            reads, state = read(h, state)
-            return torch.zeros_like(reads), state
-        model._access_step = no_reads
+    if zero_reads:  # the memory is still read and written; the network sees zeros instead
+        model.reads_hook = torch.zeros_like
     errs, steps = [], 0
     with torch.no_grad():
         for _ in range(batches):
@@ -92,7 +88,8 @@ def evaluate(out, batches, level=None, zero_reads=False):
             steps = max(steps, b.input.shape[0])
     return dict(episodes=int(ck["episode"]), final_max_level=int(ck["curriculum"]["current"]),
                 max_level=task.max_level, eval_bits_error=float(np.mean(errs)),
-                eval_bits_error_se=float(np.std(errs, ddof=1) / math.sqrt(len(errs))) if len(errs) > 1 else 0.0,
+                eval_bits_error_se=(float(np.std(errs, ddof=1) / math.sqrt(len(errs))) if len(errs) > 1
+                                    else 0.0),
                 eval_sequences=batches * a.batch, eval_max_steps=int(steps))
 
 
@@ -138,7 +135,8 @@ def plot(task, runs, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["copy", "recall", "sort"])
-    p.add_argument("--minutes", type=float, nargs="+", default=[12.0, 4.0, 4.0], help="budget per run, per task")
+    p.add_argument("--minutes", type=float, nargs="+", default=[12.0, 4.0, 4.0],
+                   help="budget per run, per task")
     p.add_argument("--models", nargs="+", default=["sam", "dam"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2)
@@ -153,7 +151,8 @@ def main():
         args.minutes = args.minutes * len(args.tasks)
     if len(args.minutes) != len(args.tasks):
         p.error(f"--minutes needs one value or one per task ({len(args.tasks)}), got {len(args.minutes)}")
-    plan = [(t, m, s, mins) for t, mins in zip(args.tasks, args.minutes) for s in args.seeds for m in args.models]
+    plan = [(t, m, s, mins) for t, mins in zip(args.tasks, args.minutes, strict=True) for s in args.seeds
+            for m in args.models]
     os.makedirs(args.out_dir, exist_ok=True)
     started = time.time()
     if not args.eval_only:
@@ -161,7 +160,8 @@ def main():
         with ThreadPoolExecutor(args.jobs) as pool:
             trained = list(pool.map(lambda x: train(args, *x), plan))
     else:
-        trained = [dict(task=t, model=m, seed=s, returncode=0, out=run_dir(args, t, m, s)) for t, m, s, _ in plan]
+        trained = [dict(task=t, model=m, seed=s, returncode=0, out=run_dir(args, t, m, s))
+                   for t, m, s, _ in plan]
     torch.set_num_threads(2)
     results = []
     print(f"\n{'task':7s}{'model':6s}{'seed':>5s}{'episodes':>10s}{'minutes':>9s}{'level':>8s}"
@@ -175,7 +175,8 @@ def main():
         r["train_minutes"] = float(secs[-1] / 60) if len(secs) else 0.0
         results.append(r)
         print(f"{r['task']:7s}{r['model']:6s}{r['seed']:>5d}{r['episodes']:>10,d}{r['train_minutes']:>9.1f}"
-              f"{r['final_max_level']:>5d}/{r['max_level']:<3d}{r['eval_bits_error']:>24.3f} +- {r['eval_bits_error_se']:.3f}")
+              f"{r['final_max_level']:>5d}/{r['max_level']:<3d}{r['eval_bits_error']:>24.3f} "
+              f"+- {r['eval_bits_error_se']:.3f}")
     for task in args.tasks:
         runs = [r for r in results if r["task"] == task and r["status"] == "ok"]
         if runs:

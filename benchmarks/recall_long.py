@@ -36,7 +36,7 @@ from learning import ROOT, evaluate, read_metrics, train
 from samcpu.tasks import make_task
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def steps_of(items):
     """Steps of a recall episode with ``items`` items, as the task lays it out."""
     task = make_task("recall", seed=0, max_items=max(items, 6))
@@ -62,8 +62,9 @@ def ms_by_length(cols):
     for top in 2 ** np.arange(int(np.ceil(np.log2(levels.max()))) + 1):
         sel = (levels <= top) & (levels > top // 2)
         if sel.any():
-            out.append(dict(items=[int(top // 2 + 1), int(top)], steps=[steps_of(int(top // 2 + 1)), steps_of(int(top))],
-                            episodes=int(sel.sum()), median_ms_per_step=float(np.median(cols["ms_per_step"][sel]))))
+            lo, hi = int(top // 2 + 1), int(top)
+            out.append(dict(items=[lo, hi], steps=[steps_of(lo), steps_of(hi)], episodes=int(sel.sum()),
+                            median_ms_per_step=float(np.median(cols["ms_per_step"][sel]))))
     return out
 
 
@@ -77,12 +78,13 @@ def markdown(runs):
         sizes = sorted({(e["items"], e["steps"]) for r in runs for e in r.get(key, [])})
         if not sizes:
             continue
-        lines += ["", f"| seed ({what}) | " + " | ".join(f"{n:,d} items ({t:,d} steps)" for n, t in sizes) + " |",
-                  "|---:|" + "---:|" * len(sizes)]
+        header = " | ".join(f"{n:,d} items ({t:,d} steps)" for n, t in sizes)
+        lines += ["", f"| seed ({what}) | {header} |", "|---:|" + "---:|" * len(sizes)]
         for r in runs:
             by = {e["items"]: e for e in r.get(key, [])}
-            lines.append(f"| {r['seed']} | " + " | ".join(
-                f"{by[n]['bits_error']:.2f} ± {by[n]['bits_error_se']:.2f}" if n in by else "-" for n, _ in sizes) + " |")
+            cells = (f"{by[n]['bits_error']:.2f} ± {by[n]['bits_error_se']:.2f}" if n in by else "-"
+                     for n, _ in sizes)
+            lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -93,14 +95,15 @@ def plot(runs, curves, path):
     import matplotlib.pyplot as plt
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     styles = ["-", "--", ":", "-."]
-    for r, c in zip(runs, curves):
+    for r, c in zip(runs, curves, strict=True):
         minutes = c["seconds"] / 60
         style = styles[r["seed"] % len(styles)]
         top.step(minutes, [steps_of(int(v)) for v in c["max_level"]], where="post", linestyle=style,
                  color="tab:blue", label=f"seed {r['seed']}")
         w = max(1, len(c["bits_error"]) // 200)
         smooth = np.convolve(c["bits_error"], np.ones(w) / w, mode="valid")
-        bottom.plot(minutes[w - 1:], smooth, linestyle=style, color="tab:red", label=f"seed {r['seed']} (mean of {w})")
+        bottom.plot(minutes[w - 1:], smooth, linestyle=style, color="tab:red",
+                    label=f"seed {r['seed']} (mean of {w})")
     top.axhline(1000, color="grey", linewidth=0.8, label="1,000 steps")
     top.set_yscale("log")
     top.set_ylabel("longest episode in the curriculum (steps)")
@@ -163,21 +166,23 @@ def main():
                  median_ms_per_step=float(np.median(c["ms_per_step"])), milestones=milestones(c),
                  ms_by_length=ms_by_length(c), eval=[], eval_reads_zeroed=[])
         print(f"seed {seed}: {r['episodes']:,d} episodes in {r['train_minutes']:.1f} min; curriculum maximum "
-              f"{r['final_max_level']} items = {r['final_max_steps']:,d} steps; median {r['median_ms_per_step']:.2f} ms/step")
+              f"{r['final_max_level']} items = {r['final_max_steps']:,d} steps; "
+              f"median {r['median_ms_per_step']:.2f} ms/step")
         for m in r["ms_by_length"]:
-            print(f"  episodes of {m['steps'][0]:5d}-{m['steps'][1]:5d} steps: median {m['median_ms_per_step']:.2f} "
-                  f"ms/step ({m['episodes']:,d} episodes)")
+            print(f"  episodes of {m['steps'][0]:5d}-{m['steps'][1]:5d} steps: "
+                  f"median {m['median_ms_per_step']:.2f} ms/step ({m['episodes']:,d} episodes)")
         for m in r["milestones"]:
-            print(f"  level {m['level']:5d} ({m['max_steps']:5d} steps) reached at episode {m['episode']:7,d}, "
-                  f"{m['minutes']:6.1f} min")
-        for key, levels, zero in (("eval", args.eval_levels, False), ("eval_reads_zeroed", args.ablate_levels, True)):
+            print(f"  level {m['level']:5d} ({m['max_steps']:5d} steps) reached at episode "
+                  f"{m['episode']:7,d}, {m['minutes']:6.1f} min")
+        for key, levels, zero in (("eval", args.eval_levels, False),
+                                  ("eval_reads_zeroed", args.ablate_levels, True)):
             for level in levels:
                 e = evaluate(out, args.eval_batches, level, zero_reads=zero)
                 r[key].append(dict(items=level, steps=e["eval_max_steps"], bits_error=e["eval_bits_error"],
                                    bits_error_se=e["eval_bits_error_se"], sequences=e["eval_sequences"]))
-                print(f"  {'reads zeroed' if zero else 'fresh data'}, {level:5d} items ({e['eval_max_steps']:5d} "
-                      f"steps): bits error / sequence {e['eval_bits_error']:.3f} +- {e['eval_bits_error_se']:.3f} "
-                      f"({e['eval_sequences']} sequences)", flush=True)
+                print(f"  {'reads zeroed' if zero else 'fresh data'}, {level:5d} items "
+                      f"({e['eval_max_steps']:5d} steps): bits error / sequence {e['eval_bits_error']:.3f} "
+                      f"+- {e['eval_bits_error_se']:.3f} ({e['eval_sequences']} sequences)", flush=True)
         runs.append(r)
         curves.append(c)
     os.makedirs(args.out_dir, exist_ok=True)

@@ -1,6 +1,4 @@
 """Rewind, replay and reset: incremental equals rebuild, bit for bit."""
-import time
-
 import numpy as np
 import pytest
 from conftest import assert_same, random_step_inputs, snapshot
@@ -44,8 +42,8 @@ def test_steps_after_rewind_equal_a_fresh_run():
     for inputs in steps[:20]:
         fresh.step(*inputs)
     ref = [fresh.step(*inputs) for inputs in other]
-    for a, b in zip(out, ref):
-        for x, y in zip(a, b):
+    for a, b in zip(out, ref, strict=True):
+        for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
     assert_same(snapshot(mem), snapshot(fresh))
 
@@ -80,23 +78,25 @@ def test_reset_equals_a_new_memory():
     fresh = samcpu.SparseMemory(2, 16, 4, num_heads=2, k=3, dtype=np.float64)
     for inputs in steps:
         a, b = mem.step(*inputs), fresh.step(*inputs)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
 
 
-def test_reset_of_a_huge_memory_costs_rows_touched():
+def test_reset_of_a_huge_memory_zeroes_the_rows_touched():
+    """Correctness only: reset's cost (O(rows touched), not O(N)) is measured by
+    benchmarks/kernels.py, not asserted here (a unit test never asserts on time)."""
     mem = samcpu.SparseMemory(1, 50_000_000, 32, num_heads=4, k=4)
     rng = np.random.default_rng(0)
-    for _ in range(1000):
+    for _ in range(300):
         mem.step(rng.normal(size=(1, 4, 32)), rng.uniform(1, 5, (1, 4)), rng.normal(size=(1, 4, 32)),
                  rng.uniform(size=(1, 4)), rng.uniform(size=(1, 4)))
     touched = mem.written_rows(0)
-    assert 0 < len(touched) < 10_000
-    start = time.perf_counter()
+    assert 0 < len(touched) < 10_000 and mem.memory[0, touched].any()
     mem.reset()
-    elapsed = time.perf_counter() - start
     assert not mem.memory[0, touched].any() and mem.usage[0, touched].max() == 0
-    assert elapsed < 0.5, f"reset took {elapsed:.3f} s"  # O(N) would be seconds; measured: ms
+    assert len(mem.written_rows(0)) == 0 and mem.position == 0
+    mem.step(np.ones((1, 4, 32)), np.ones((1, 4)), np.ones((1, 4, 32)), np.ones((1, 4)), np.zeros((1, 4)))
+    np.testing.assert_array_equal(np.sort(mem.written_rows(0)), np.arange(4))  # rows 0..3 first again
 
 
 def test_interrupted_step_leaves_memory_unchanged(monkeypatch):

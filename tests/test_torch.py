@@ -1,4 +1,8 @@
 """The torch bridge: gradients by journal rewind, whatever autograd does."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -59,7 +63,7 @@ def test_partial_losses_unused_steps_and_memory_restored():
     cut = [x[:5].detach().requires_grad_() for x in args]
     reads, _ = run(access, cut)
     (reads[4] * w[4]).sum().backward()
-    for p, c in zip(part, cut):
+    for p, c in zip(part, cut, strict=True):
         torch.testing.assert_close(p[:5], c.grad, rtol=0, atol=1e-12)
     # after backward the memory is rewound; the next forward step replays it first
     nxt = [x[:1].detach() for x in controls(1, g)]
@@ -84,7 +88,7 @@ def test_retain_graph_twice_gives_the_same_gradients():
     for x in args:
         x.grad = None
     loss.backward()
-    for a, x in zip(first, args):
+    for a, x in zip(first, args, strict=True):
         torch.testing.assert_close(a, x.grad, rtol=0, atol=0)
 
 
@@ -171,13 +175,25 @@ def test_models_are_used_like_lstm(model_cls, batch_first):
     if model_cls is samcpu.SAM:
         kwargs.update(k=3, index="exact")
     model = model_cls(5, 3, hidden_size=16, **kwargs)
-    x = torch.randn(4, 7, 5) if batch_first else torch.randn(7, 4, 5)
+    shape, time_dim = ((4, 7, 5), 1) if batch_first else ((7, 4, 5), 0)
+    x, x2 = torch.randn(shape, requires_grad=True), torch.randn(shape)
     y, state = model(x)
     assert y.shape == ((4, 7, 3) if batch_first else (7, 4, 3))
     y.pow(2).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    y2, state = model(x, samcpu.detach(state))  # truncated BPTT: go on from the state
+    assert x.grad.abs().sum() > 0
+    x.grad = None
+    model.zero_grad(set_to_none=True)
+    y2, state = model(x2, samcpu.detach(state))  # truncated BPTT: go on from the state
     y2.sum().backward()
+    # the cut: the first segment gets no gradient, the parameters get the second's
+    assert x.grad is None
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.output.weight.grad.abs().sum() > 0
+    # going on from the state computes what one run over both segments computes
+    with torch.no_grad():
+        y_all, _ = model(torch.cat([x, x2], time_dim))
+    torch.testing.assert_close(y2.detach(), y_all.narrow(time_dim, 7, 7), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(2, 10, 4, 2, 3, 30), (1, 7, 3, 3, 2, 24), (2, 16, 5, 4, 4, 30)])
@@ -206,8 +222,9 @@ def test_sparse_access_equals_the_dense_reference_in_outputs_and_gradients(shape
     sparse_reads, sparse_grads = run_with(samcpu.SparseAccess(n, w, h, k, index="exact", dtype=torch.float64))
     dense_reads, dense_grads = run_with(DenseAccess(n, w, h, k=k, dtype=torch.float64))
     torch.testing.assert_close(sparse_reads, dense_reads, rtol=0, atol=1e-10)
-    for name, a, d in zip(["query", "strength", "add", "write_gate", "interp_gate"], sparse_grads, dense_grads):
-        torch.testing.assert_close(a, d, rtol=1e-8, atol=1e-10, msg=lambda m: f"d/d{name}: {m}")
+    names = ["query", "strength", "add", "write_gate", "interp_gate"]
+    for name, a, d in zip(names, sparse_grads, dense_grads, strict=True):
+        torch.testing.assert_close(a, d, rtol=1e-8, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 def test_memories_are_reused_across_episodes_once_unreferenced():
@@ -293,3 +310,152 @@ def test_fused_sam_equals_the_unfused_path_in_float32():
     torch.testing.assert_close(y_f, y_p, rtol=1e-6, atol=1e-6)
     for name in g_f:
         torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_import_samcpu_does_not_import_torch():
+    code = ("import samcpu, sys\n"
+            "assert 'torch' not in sys.modules, 'import samcpu imported torch'\n"
+            "assert {'SAM', 'DAM', 'SparseAccess', 'detach', 'nn', 'SparseMemory'} <= set(dir(samcpu))\n"
+            "from samcpu import SAM\n"
+            "assert 'torch' in sys.modules and SAM is samcpu.nn.SAM and samcpu.detach is samcpu.nn.detach\n"
+            "try:\n    samcpu.no_such_name\n"
+            "except AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_state_held_by_the_caller_is_never_reset_under_it():
+    g = torch.Generator().manual_seed(8)
+    args = controls(6, g)
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    held_reads, held = run(access, [x[:4] for x in args])  # a state and its graph, kept
+    others = []
+    for _ in range(2 * access.pool_size):  # more episodes than the pool holds memories
+        reads, state = run(access, controls(3, g))
+        (reads ** 2).sum().backward()
+        others.append(state.handle)
+    assert all(h is not held.handle for h in others)
+    assert len({id(h) for h in others}) == 2  # the other episodes reuse two memories
+    with pytest.raises(RuntimeError, match="in use"):
+        held.handle.reset()
+    # the held state goes on, and backward through both segments is what a fresh run gives
+    more, _ = run(access, [x[4:] for x in args], held)
+    (torch.cat([held_reads, more]) ** 2).sum().backward()
+    ref_args = [x.detach().clone().requires_grad_() for x in args]
+    ref_reads, _ = run(samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64), ref_args)
+    (ref_reads ** 2).sum().backward()
+    torch.testing.assert_close(torch.cat([held_reads, more]).detach(), ref_reads.detach(), rtol=0, atol=0)
+    for a, r in zip(args, ref_args, strict=True):
+        torch.testing.assert_close(a.grad, r.grad, rtol=0, atol=0)
+
+
+def test_a_state_of_a_superseded_episode_is_refused_clearly():
+    g = torch.Generator().manual_seed(9)
+    x = [t.detach() for t in squash(*(a[0] for a in controls(1, g)))]
+    q = x[0].clone().requires_grad_()
+    access = samcpu.SparseAccess(N, W, H, K, index="exact", dtype=torch.float64)
+    reads, state = access(q, *x[1:], access.initial_state(B))
+    samcpu.torch_bridge.initial_state(state.handle)  # a new episode claimed on the same memory
+    with pytest.raises(RuntimeError, match="episode 1 of its memory, which has since started episode 2"):
+        access(*x, state)
+    with pytest.raises(RuntimeError, match="belongs to episode 1"):
+        reads.sum().backward()
+    assert q.grad is None
+
+
+def test_double_and_float_follow_the_parameters():
+    torch.manual_seed(0)
+    model = samcpu.SAM(3, 2, hidden_size=5, num_slots=10, word_size=W, num_heads=1, k=2, index="exact")
+    assert model.dtype == torch.float32 and model.access.dtype == torch.float32
+    model.double()
+    assert model.dtype == torch.float64 and model.access.dtype == torch.float64
+    x = torch.randn(4, 1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y, state = model(x)
+    assert y.dtype == state.reads.dtype == state.access.weights.dtype == torch.float64
+    assert state.access.handle.mem.dtype == np.float64
+    y.pow(2).sum().backward()
+    assert all(p.grad.dtype == torch.float64 and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert torch.autograd.gradcheck(lambda x: model(x)[0], (x.clone().requires_grad_(),), eps=1e-6,
+                                    atol=1e-6, rtol=1e-4)
+    model.to(torch.float32)
+    y, state = model(x.float())
+    assert y.dtype == torch.float32 and state.access.handle.mem.dtype == np.float32
+    assert all("probe" not in key for key in model.state_dict())  # checkpoints unchanged
+    model.half()
+    with pytest.raises(ValueError, match="SparseAccess's dtype .* must be torch.float32 or torch.float64, "
+                                         "got torch.float16"):
+        model(x.half())
+    access = samcpu.SparseAccess(N, W, H, K, index="exact").to(torch.float64)
+    assert access.initial_state(B).weights.dtype == torch.float64 and access.memory.dtype == np.float64
+
+
+@pytest.mark.parametrize("bad", [torch.float16, torch.bfloat16, torch.int64, "numpy"])
+def test_inputs_other_than_float32_and_float64_tensors_are_refused_up_front(bad):
+    g = torch.Generator().manual_seed(10)
+    x = [t.detach().float() for t in squash(*(a[0] for a in controls(1, g)))]
+    access = samcpu.SparseAccess(N, W, H, K, index="exact")
+    state = access.initial_state(B)
+
+    def spoil(t):
+        return t.numpy() if bad == "numpy" else t.to(bad)
+    message = "must be a torch.Tensor, got ndarray" if bad == "numpy" else f"has dtype {bad} but torch.float"
+    for i, name in enumerate(["query", "strength", "add", "write_gate", "interp_gate"]):
+        args = [spoil(t) if j == i else t for j, t in enumerate(x)]
+        with pytest.raises(ValueError, match=f"{name} {message}"):
+            access(*args, state)
+    with pytest.raises(ValueError, match=f"interface {message}"):
+        access.step_interface(spoil(torch.randn(B, H, 2 * W + 3)), state)
+    assert access.memory.position == 0
+    _, state = access(*x, state)  # nothing changed: the state goes on
+    assert access.memory.position == 1
+
+
+def test_scratch_files_do_not_outlive_the_module(tmp_path):
+    prefix = tmp_path / "scratch"
+    (tmp_path / "scratch.0").write_bytes(b"not ours")  # must be left alone
+    x = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(11))
+
+    def run_model(path):
+        torch.manual_seed(0)
+        model = samcpu.SAM(3, 2, hidden_size=5, num_slots=1000, word_size=4, num_heads=2, k=2, index="exact",
+                           path=path)
+        y, state = model(x)
+        y.pow(2).sum().backward()
+        return y.detach(), model, state
+
+    y_anonymous, _, _ = run_model(None)
+    y_file, model, state = run_model(prefix)
+    torch.testing.assert_close(y_file, y_anonymous, rtol=0, atol=0)
+    assert sorted(os.listdir(tmp_path)) == ["scratch.0"]  # the module's file: unlinked once mapped
+    assert (tmp_path / "scratch.0").read_bytes() == b"not ours"
+    if os.path.exists("/proc/self/maps"):  # and the memory really lives in it
+        with open("/proc/self/maps") as f:
+            assert any(f"{prefix}.1 (deleted)" in line for line in f)
+    del model, state
+    y_again, _, _ = run_model(prefix)  # a second run with the same prefix
+    torch.testing.assert_close(y_again, y_anonymous, rtol=0, atol=0)
+    assert sorted(os.listdir(tmp_path)) == ["scratch.0"]
+    with pytest.raises(ValueError, match="path .* is in .*missing', which is not an existing folder"):
+        samcpu.SAM(3, 2, path=tmp_path / "missing" / "scratch")
+
+
+def test_reads_hook_replaces_what_the_network_reads():
+    torch.manual_seed(0)
+    model = samcpu.SAM(3, 2, hidden_size=5, num_slots=20, word_size=4, num_heads=2, k=2, index="exact")
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        y_used, _ = model(x)
+        model.reads_hook = torch.zeros_like
+        y, state = model(x)
+        # reference: the controller alone, with zeros wherever reads go
+        h = c = torch.zeros(2, 5)
+        zeros, ys = torch.zeros(2, 8), []
+        for x_t in x:
+            h, c = model.cell(torch.cat([x_t, zeros], 1), (h, c))
+            ys.append(model.output(torch.cat([h, zeros], 1)))
+    torch.testing.assert_close(y, torch.stack(ys), rtol=0, atol=0)
+    assert state.access.position == 6 and not torch.any(state.reads)  # the memory was still stepped
+    assert (y - y_used).abs().max() > 1e-3  # and without the hook what it reads matters
+    model.reads_hook = None
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], y_used, rtol=0, atol=0)
