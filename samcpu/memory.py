@@ -2,27 +2,37 @@
 
 It owns, per batch element, the memory M (N, W), the least-recently-accessed ring, the set
 of written rows and the index, plus one journal of sparse writes for the whole batch. Every
-public method validates its input before it changes anything.
+public method validates its input before it changes anything. Saving and loading live in
+:mod:`samcpu.persistence`.
+
+One memory serves one thread at a time: a method called while another thread is inside one
+of its stepping, time-travel or persistence methods raises ``RuntimeError`` (it never waits,
+and never runs two of them at once on the same arrays).
 """
-import hashlib
-import json
+import functools
+import inspect
 import os
-import tempfile
+import threading
 from typing import NamedTuple
 
 import numpy as np
 
 from . import kernels as K
 from ._storage import file_zeros, lazy_zeros
+from ._util import check_int
 from .config import DELTA, EPS
 from .index import INDEXES, WrittenRows
 from .journal import Journal
 
-FORMAT_VERSION = 1
 #: the journal's usage-undo records are int32 (row, old step, old link = row + 1), so rows and
 #: steps since the last reset stay below 2**31
 MAX_SLOTS = 2**31 - 2
 MAX_STEPS = 2**31 - 1
+#: the most rows a head reads per step. A step journals H(K+1) rows of W values and reads sort
+#: K candidates per head, so its cost grows with K: k near N would make every step cost O(N)
+#: (minutes at a million rows); the paper reads K = 4 to 8 rows.
+MAX_K = 1024
+MAX_SEED = 2**32 - 1
 
 
 class MemoryFileError(ValueError):
@@ -37,12 +47,77 @@ class StepResult(NamedTuple):
     weights: np.ndarray  #: w (B, H, K), softmax over the K rows
 
 
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+def check_settings(batch_size, num_slots, word_size, num_heads, k, dtype, delta, seed):
+    """The scalar settings of :class:`SparseMemory`, checked and normalised (a dict), or
+    ``ValueError`` naming the first bad one."""
+    out = dict(batch_size=check_int("batch_size", batch_size),
+               num_slots=check_int("num_slots", num_slots, maximum=MAX_SLOTS),
+               word_size=check_int("word_size", word_size),
+               num_heads=check_int("num_heads", num_heads), k=check_int("k", k, maximum=MAX_K))
+    if out["k"] > out["num_slots"]:
+        raise ValueError(f"k is {out['k']} but must be <= num_slots ({out['num_slots']})")
+    if out["num_heads"] > out["num_slots"]:
+        raise ValueError(f"num_heads is {out['num_heads']} but must be <= num_slots ({out['num_slots']})")
+    try:
+        out["dtype"] = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if out["dtype"] not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {out['dtype']}")
+    if (isinstance(delta, (bool, np.bool_)) or not isinstance(delta, (int, float, np.integer, np.floating))
+            or not np.isfinite(delta) or delta < 0):
+        raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+    out["delta"] = float(delta)
+    out["seed"] = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+    return out
+
+
+def check_index(index, index_options):
+    """``index_options`` as a dict for index kind ``index``, or ``ValueError`` naming the
+    unknown kind or the first unknown option key (keys are the index class's keyword arguments,
+    except ``seed``, which is the memory's)."""
+    if not isinstance(index, str) or index not in INDEXES:
+        raise ValueError(f"index must be one of {sorted(INDEXES)}, got {index!r}")
+    if index_options is None:
+        return {}
+    if not isinstance(index_options, dict):
+        raise ValueError(f"index_options must be a dict or None, got {type(index_options).__name__}")
+    params = inspect.signature(INDEXES[index].__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(index_options)  # the index takes any keyword: it checks them itself
+    known = [name for name, p in params.items() if name not in ("self", "memory", "written", "seed")
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in index_options:
+        if key not in known:
+            raise ValueError(f"index_options has unknown key {key!r} for index {index!r} "
+                             f"(known: {', '.join(known) or 'none'}"
+                             + ("; set seed with the seed argument" if key == "seed" else "") + ")")
+    return dict(index_options)
+
+
+def value_limit(dtype, word_size, index):
+    """The largest |value| a query, an add vector or a memory row may hold: sqrt(f / (4 W)) for
+    the largest float f of the arithmetic that sees the rows (float32 for a float32 memory, and
+    for any memory whose index keeps float32 copies; float64 for a float64 memory with the exact
+    index). Below it no squared norm, dot product or row sum of W terms can overflow."""
+    fmax = np.finfo(np.float64 if (np.dtype(dtype) == np.float64 and index == "exact") else np.float32).max
+    return float(np.sqrt(fmax / (4.0 * word_size)))
+
+
+def _exclusive(method):
+    """Run ``method`` holding the memory's lock; a call from a second thread while another runs
+    raises ``RuntimeError`` instead of waiting (the same thread may re-enter)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(f"SparseMemory.{method.__name__}: this memory is in use by another thread; "
+                               "a SparseMemory serves one thread at a time (use one memory per thread, "
+                               "or a lock around its calls)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._lock.release()
+    return run
 
 
 class SparseMemory:
@@ -55,52 +130,42 @@ class SparseMemory:
     num_heads : int
         H read/write heads; each step writes to H least-recently-accessed rows.
     k : int
-        K rows read per head.
+        K rows read per head, at most ``MAX_K`` (1024): a step costs at least O(K).
     index : {"hnsw", "exact"}
         How reads find their K rows. ``"hnsw"``: hnswlib plus an exact buffer of fresh rows
         (:class:`samcpu.index.HNSWIndex`); ``"exact"``: a scan of the written rows (the oracle).
     dtype : np.float32 or np.float64
     path : str or None
         A new file to hold the memory (a sparse file: it can be larger than RAM). None: an
-        anonymous mapping. Either way untouched rows cost no physical memory.
+        anonymous mapping. Either way untouched rows cost no physical memory. The file can grow
+        to B N W itemsize bytes; that much must be free on its filesystem at creation (a full
+        disk under a mapping would kill the process later).
     delta : float
         Usage threshold delta of DESIGN.md section 1 step 5.
     seed : int
-        Seed for the index's randomness (HNSW level generation).
+        Seed for the index's randomness (HNSW level generation), in [0, 2**32 - 1].
     index_options : dict or None
-        Keyword arguments for the index class (see :class:`samcpu.index.HNSWIndex`).
+        Keyword arguments for the index class (see :class:`samcpu.index.HNSWIndex`); an
+        unknown key is a ``ValueError``.
+
+    Values: every query and add value, and every memory value a write produces, must stay
+    within ``value_limit`` (about 1.6e18 for W = 32 in float32) so that no norm or dot product
+    overflows; a step that breaks this is refused and changes nothing.
     """
 
     def __init__(self, batch_size, num_slots, word_size, num_heads=1, k=8, index="hnsw",
                  dtype=np.float32, path=None, delta=DELTA, seed=0, index_options=None):
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.num_slots = _positive_int("num_slots", num_slots)
-        if self.num_slots > MAX_SLOTS:
-            raise ValueError(f"num_slots must be <= {MAX_SLOTS:,d} (2**31 - 2), got {self.num_slots:,d}")
-        self.word_size = _positive_int("word_size", word_size)
-        self.num_heads = _positive_int("num_heads", num_heads)
-        self.k = _positive_int("k", k)
-        if self.k > self.num_slots:
-            raise ValueError(f"k is {self.k} but must be <= num_slots ({self.num_slots})")
-        if self.num_heads > self.num_slots:
-            raise ValueError(f"num_heads is {self.num_heads} but must be <= num_slots ({self.num_slots})")
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        if index not in INDEXES:
-            raise ValueError(f"index must be one of {sorted(INDEXES)}, got {index!r}")
-        if not (isinstance(delta, (int, float, np.floating)) and np.isfinite(delta) and delta >= 0):
-            raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+        settings = check_settings(batch_size, num_slots, word_size, num_heads, k, dtype, delta, seed)
+        self.batch_size, self.num_slots = settings["batch_size"], settings["num_slots"]
+        self.word_size, self.num_heads, self.k = settings["word_size"], settings["num_heads"], settings["k"]
+        self.dtype, self.delta, self.seed = settings["dtype"], settings["delta"], settings["seed"]
+        index_options = check_index(index, index_options)
         self.index_kind = index
-        self.delta = float(delta)
-        self.seed = _positive_int("seed", seed, minimum=0)
+        #: the largest |value| of a query, an add vector or a memory row (see the class docstring)
+        self.value_limit = value_limit(self.dtype, self.word_size, index)
+        self._peak = 0.0  # an upper bound of |M| over every row (grows by at most H max|a| a step)
+        self._lock = threading.RLock()
         self.path = None if path is None else os.fspath(path)
-        if self.path is not None and os.path.exists(self.path):
-            raise ValueError(f"path {self.path!r} already exists; give a new file name "
-                             "(use SparseMemory.load to reopen a saved memory)")
 
         b, n, w, h = self.batch_size, self.num_slots, self.word_size, self.num_heads
         shape = (b, n, w)
@@ -113,7 +178,12 @@ class SparseMemory:
         self._next = lazy_zeros((b, n), np.int64)
         self._ends = np.zeros((b, 4), np.int64)
         self._written = WrittenRows(b, n)
-        self._index = INDEXES[index](self._memory, self._written, seed=self.seed, **(index_options or {}))
+        try:
+            self._index = INDEXES[index](self._memory, self._written, seed=self.seed, **index_options)
+        except BaseException:
+            if self.path is not None:  # a bad option value: leave no file behind
+                os.remove(self.path)
+            raise
         self._journal = Journal(b, h, self.k, w, self.dtype)
         self._position = 0
         self._prev_rows = np.full((b, h, self.k), -1, np.int64)
@@ -161,8 +231,9 @@ class SparseMemory:
 
     def written_rows(self, b):
         """Rows of batch element ``b`` written since the last reset (int64, a copy)."""
-        return self._written.rows(b)
+        return self._written.rows(check_int("b", b, minimum=0, maximum=self.batch_size - 1))
 
+    @_exclusive
     def lra_rows(self):
         """The rows the next step will erase and write, I^U (B, H) int64."""
         out = np.empty((self.batch_size, self.num_heads), np.int64)
@@ -183,6 +254,26 @@ class SparseMemory:
             raise ValueError(f"{name} contains NaN or Inf (in {self.dtype})")
         return arr
 
+    def _check_magnitude(self, name, arr):
+        """The largest |value| of ``arr``, or ValueError if it exceeds :attr:`value_limit`."""
+        peak = float(np.abs(arr).max(initial=0.0))
+        if peak > self.value_limit:
+            raise ValueError(f"{name} holds |values| up to {peak:.3g}, above this memory's limit "
+                             f"{self.value_limit:.3g} (sqrt(largest float / (4 word_size))): larger "
+                             "values could overflow a norm or a dot product")
+        return peak
+
+    def _check_written(self, rows):
+        """After a write: ValueError if a written row (``rows`` (B, R), -1 padded) now holds a
+        value beyond :attr:`value_limit` (rows grow by adding to them step after step)."""
+        bi, ri = np.nonzero(rows >= 0)
+        peak = float(np.abs(self._memory[bi, rows[bi, ri]]).max(initial=0.0))
+        if peak > self.value_limit:
+            raise ValueError(f"add would make a memory row reach |value| {peak:.3g}, above this "
+                             f"memory's limit {self.value_limit:.3g}; the step was not applied")
+        return peak
+
+    @_exclusive
     def step(self, query, strength, add, write_gate, interp_gate):
         """Apply one step (write, then read, then usage) to every batch element.
 
@@ -197,6 +288,9 @@ class SparseMemory:
         Returns
         -------
         StepResult(reads (B, H, W), rows (B, H, K) int64, weights (B, H, K))
+
+        Raises ``ValueError`` (and changes nothing) for bad input, including |query| or |add|
+        values, or written memory values, beyond :attr:`value_limit`.
         """
         b, h, w = self.batch_size, self.num_heads, self.word_size
         bhw, bh = (b, h, w), (b, h)
@@ -210,6 +304,8 @@ class SparseMemory:
         for name, g in (("write_gate", alpha), ("interp_gate", gamma)):
             if not ((g >= 0) & (g <= 1)).all():
                 raise ValueError(f"{name} must lie in [0, 1], got values in [{g.min()}, {g.max()}]")
+        self._check_magnitude("query", q)
+        add_peak = self._check_magnitude("add", a)
 
         if self._position >= MAX_STEPS:
             raise ValueError(f"this memory has applied {self._position:,d} steps since its last reset, "
@@ -226,6 +322,11 @@ class SparseMemory:
             K.write_phase(self._memory, self._usage, self._prev, self._next, self._ends,
                           self._prev_rows, self._prev_weights, a, alpha, gamma, lra,
                           chunk.jrows[s], chunk.jvals[s], chunk.jcount[s])
+            # a row gains at most max|a| per head (alpha gamma w + alpha (1 - gamma) <= 1), so
+            # while the bound says so no written value can have passed the limit
+            peak = self._peak + h * add_peak * (1 + 1e-6)
+            if peak > self.value_limit / 2:
+                peak = max(self._peak, self._check_written(chunk.jrows[s]))
             self._written.add(chunk.jrows[s])
             self._index.update(chunk.jrows[s])
             rows, _ = self._index.query(q, self.k)
@@ -243,6 +344,7 @@ class SparseMemory:
         chunk.weights[s] = weights
         self._prev_rows, self._prev_weights = rows, weights
         self._position = t
+        self._peak = peak
         return StepResult(reads, rows, weights)
 
     def _undo_partial(self, chunk, s):
@@ -265,6 +367,7 @@ class SparseMemory:
     def _arrays(self):
         return self._memory, self._usage, self._prev, self._next, self._ends
 
+    @_exclusive
     def rewind(self, position):
         """Bring memory, usage and reads back to exactly their state after ``position``
         steps (bit for bit). Forward to a later journaled position replays instead.
@@ -282,6 +385,7 @@ class SparseMemory:
         self._position = position
         self._restore_reads()
 
+    @_exclusive
     def replay(self):
         """Redo every journaled step after the current position (bit for bit)."""
         self._redo(self._journal.latest)
@@ -306,6 +410,7 @@ class SparseMemory:
             rows, weights = chunk.rows[s], chunk.weights[s]
         self._prev_rows, self._prev_weights = rows.copy(), weights.copy()
 
+    @_exclusive
     def step_record(self, position):
         """What step ``position`` (1-based, journaled) used and read: a dict of arrays
         ``lra`` (B, H) = I^U, ``prev_rows``/``prev_weights`` (B, H, K) = s, w^R at t-1,
@@ -322,6 +427,7 @@ class SparseMemory:
         return dict(lra=chunk.jrows[s, :, : self.num_heads], prev_rows=prev_rows, prev_weights=prev_weights,
                     rows=chunk.rows[s], weights=chunk.weights[s])
 
+    @_exclusive
     def backward_step(self, position, grad_reads, grad_weights, query, strength, add, write_gate,
                       interp_gate, grad):
         """Backpropagate through journaled step t = ``position``: rewind to the memory after
@@ -382,6 +488,7 @@ class SparseMemory:
                               grad.store, grad.owner, grad.count, *out)
         return out
 
+    @_exclusive
     def clear_journal(self):
         """Drop the journal (keep the contents): later rewinds stop at the current position.
         Use it between truncated-BPTT segments to free the journal's memory."""
@@ -389,6 +496,7 @@ class SparseMemory:
         self._journal.clear(self._position)
         self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
 
+    @_exclusive
     def reset(self):
         """Empty the memory for a new episode: zero the written rows, forget usage, reads and
         journal. Costs O(rows touched since the last reset), never O(N)."""
@@ -404,167 +512,37 @@ class SparseMemory:
         self._index.reset()
         self._journal.clear(0)
         self._position = 0
+        self._peak = 0.0
         self._prev_rows = np.full_like(self._prev_rows, -1)
         self._prev_weights = np.zeros_like(self._prev_weights)
         self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
 
     # ------------------------------------------------------------------ persistence
+    @_exclusive
     def save(self, directory):
-        """Write the memory to ``directory`` (created if needed): the written rows and their
-        contents, the usage ring, the last reads and the settings, with a checksum. Costs
-        O(rows touched). The journal is not saved: a loaded memory rewinds no further back."""
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        written, counts, order, order_counts = [], [], [], []
-        for b in range(self.batch_size):
-            rows = self._written.rows(b)
-            written.append(rows)
-            counts.append(len(rows))
-            ring = np.empty(self._ends[b, 3], np.int64)
-            K.ring_rows(self._next[b], self._ends[b], ring)
-            order.append(ring)
-            order_counts.append(len(ring))
-        written = np.concatenate(written)
-        order = np.concatenate(order)
-        bw = np.repeat(np.arange(self.batch_size), counts)
-        bo = np.repeat(np.arange(self.batch_size), order_counts)
-        arrays = dict(
-            written=written, written_counts=np.array(counts, np.int64),
-            contents=self._memory[bw, written], ring=order,
-            ring_counts=np.array(order_counts, np.int64), ring_usage=self._usage[bo, order],
-            prev_rows=self._prev_rows, prev_weights=self._prev_weights,
-        )
-        _atomic_write(os.path.join(directory, "state.npz"), lambda f: np.savez(f, **arrays))
-        names = ["state.npz"] + self._index.save(directory)
-        files = {name: _sha256(os.path.join(directory, name)) for name in names}
-        meta = dict(format=FORMAT_VERSION, batch_size=self.batch_size, num_slots=self.num_slots,
-                    word_size=self.word_size, num_heads=self.num_heads, k=self.k,
-                    index=self.index_kind, dtype=self.dtype.name, delta=self.delta,
-                    seed=self.seed, position=self._position, files=files)
-        meta_path = os.path.join(directory, "meta.json")
-        try:
-            with open(meta_path) as f:
-                old = set(json.load(f).get("files", {}))
-        except (OSError, ValueError, AttributeError):
-            old = set()
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-        for name in old - set(files):  # files of an older save that this one does not use
-            try:
-                os.remove(os.path.join(directory, os.path.basename(name)))
-            except FileNotFoundError:
-                pass
+        """Write the memory to the folder ``directory`` (created if needed): the written rows
+        and their contents, the usage ring, the last reads, the index and the settings, with
+        checksums. All or nothing: an earlier save there stays loadable until this one is
+        complete. Refuses (``ValueError``) a non-empty folder that holds no samcpu save, and
+        never deletes a file it did not write. Costs O(rows touched). The journal is not
+        saved: a loaded memory rewinds no further back. See :mod:`samcpu.persistence`."""
+        from .persistence import save
+
+        save(self, directory)
 
     @classmethod
     def load(cls, directory, path=None, index=None, index_options=None):
         """Open a memory written by :meth:`save`. ``path``: a new file to back the memory
         (None: anonymous). ``index`` overrides the saved index kind (the index is then built
         from the rows); ``index_options`` as in the constructor. Raises
-        :class:`MemoryFileError` if the directory is missing, incomplete or corrupt."""
-        directory = os.fspath(directory)
-        meta_path = os.path.join(directory, "meta.json")
-        state_path = os.path.join(directory, "state.npz")
-        for p in (meta_path, state_path):
-            if not os.path.isfile(p):
-                raise MemoryFileError(f"directory {directory!r} holds no saved memory: {p} is missing")
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as e:
-            raise MemoryFileError(f"cannot read the saved memory in {directory!r}: {e}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            raise MemoryFileError(f"{meta_path} is not a samcpu memory of format {FORMAT_VERSION}")
-        files = meta.get("files")
-        if not isinstance(files, dict) or "state.npz" not in files:
-            raise MemoryFileError(f"{meta_path} lists no files")
-        for name, digest in files.items():
-            p = os.path.join(directory, os.path.basename(name))
-            if not os.path.isfile(p):
-                raise MemoryFileError(f"saved memory in {directory!r} is incomplete: {p} is missing")
-            if _sha256(p) != digest:
-                raise MemoryFileError(f"{p} does not match its checksum in meta.json (corrupt or changed)")
-        try:
-            kind = index or meta["index"]
-            mem = cls(meta["batch_size"], meta["num_slots"], meta["word_size"], meta["num_heads"],
-                      meta["k"], index=kind, dtype=meta["dtype"], path=path,
-                      delta=meta["delta"], seed=meta["seed"], index_options=index_options)
-            with np.load(state_path) as z:
-                rows = mem._restore(meta, {name: z[name] for name in z.files})
-            mem._index.load(directory if kind == meta["index"] else None, rows)
-        except (KeyError, TypeError, ValueError, OSError, RuntimeError) as e:
-            if path is not None and os.path.exists(path) and "mem" in locals():
-                os.remove(path)
-            raise MemoryFileError(f"saved memory in {directory!r} is inconsistent: {e}") from None
-        return mem
+        :class:`MemoryFileError` if the folder is missing, incomplete, corrupt or crafted, and
+        ``ValueError`` naming the argument for a bad ``path``, ``index`` or ``index_options``."""
+        from .persistence import load
 
-    def _restore(self, meta, z):
-        b, n = self.batch_size, self.num_slots
-        counts, ring_counts = z["written_counts"], z["ring_counts"]
-        written, ring = z["written"], z["ring"]
-        checks = [
-            (counts.shape == (b,) and counts.min() >= 0 and counts.sum() == len(written), "written_counts"),
-            (ring_counts.shape == (b,) and ring_counts.min() >= 0 and ring_counts.sum() == len(ring), "ring_counts"),
-            (z["contents"].shape == (len(written), self.word_size), "contents"),
-            (len(written) == 0 or (written.min() >= 0 and written.max() < n), "written"),
-            (len(ring) == 0 or (ring.min() >= 0 and ring.max() < n), "ring"),
-            (z["ring_usage"].shape == ring.shape and (len(ring) == 0 or (
-                z["ring_usage"].min() >= 1 and z["ring_usage"].max() <= meta["position"])), "ring_usage"),
-            (z["prev_rows"].shape == self._prev_rows.shape and z["prev_rows"].max(initial=-1) < n, "prev_rows"),
-            (z["prev_weights"].shape == self._prev_weights.shape, "prev_weights"),
-            (isinstance(meta["position"], int) and 0 <= meta["position"] <= MAX_STEPS, "position"),
-        ]
-        for ok, name in checks:
-            if not ok:
-                raise ValueError(f"array {name!r} has the wrong shape or values")
-        bw = np.repeat(np.arange(b), counts)
-        bo = np.repeat(np.arange(b), ring_counts)
-        self._memory[bw, written] = z["contents"]
-        usage = z["ring_usage"]
-        self._usage[bo, ring] = usage
-        offsets = np.concatenate([[0], np.cumsum(ring_counts)])
-        for i in range(b):
-            r = ring[offsets[i]:offsets[i + 1]]
-            if len(r):
-                if len(np.unique(r)) != len(r) or (np.diff(usage[offsets[i]:offsets[i + 1]]) < 0).any():
-                    raise ValueError("array 'ring' is not a valid access order")
-                self._prev[i, r] = np.concatenate([[0], r[:-1] + 1])
-                self._next[i, r] = np.concatenate([r[1:] + 1, [0]])
-                self._ends[i] = (r[0] + 1, r[-1] + 1, 0, len(r))
-        woff = np.concatenate([[0], np.cumsum(counts)])
-        rows = np.full((b, max(1, int(counts.max(initial=0)))), -1, np.int64)
-        for i in range(b):
-            rows[i, : counts[i]] = written[woff[i]:woff[i + 1]]
-        self._written.add(rows)
-        self._prev_rows = z["prev_rows"].astype(np.int64)
-        self._prev_weights = z["prev_weights"].astype(self.dtype)
-        self._position = meta["position"]
-        self._journal.clear(self._position)
-        self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
-        return rows
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return load(cls, directory, path=path, index=index, index_options=index_options)
 
 
 def _span_rows(chunk, start, stop):
     """The rows journal slots start..stop-1 touched, (B, R) with -1 padding."""
     rows = chunk.jrows[start:stop]
     return np.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(rows.shape[1], -1)
-
-
-def _atomic_write(path, write):
-    """Write a file via a temporary file in the same directory, fsync and rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise

@@ -46,3 +46,27 @@ def assert_same(a, b):
         np.testing.assert_array_equal(x, y)
     for x, y in zip(a[3], b[3], strict=True):
         np.testing.assert_array_equal(np.sort(x), np.sort(y))
+
+
+def saved_file(folder, name):
+    """The path of file ``name`` of the save in ``folder`` (it lives in the save's current
+    data folder, named by meta.json)."""
+    from pathlib import Path
+
+    from samcpu.persistence import read_meta
+    return Path(folder) / read_meta(str(folder))["data"] / name
+
+
+def reseal(folder):
+    """Recompute every checksum of the save in ``folder`` after a test changed its files or its
+    meta.json's values, as a crafted save would, so that only the content checks stand."""
+    import json
+    from pathlib import Path
+
+    from samcpu.persistence import seal, sha256
+    meta_path = Path(folder) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("sha256", None)
+    data = Path(folder) / meta["data"]
+    meta["files"] = {name: sha256(data / name) for name in meta["files"]}
+    meta_path.write_text(json.dumps(seal(meta)))

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_same, random_step_inputs, snapshot
+from conftest import assert_same, random_step_inputs, reseal, saved_file, snapshot
 
 import samcpu
 
@@ -128,7 +128,7 @@ def test_load_missing_or_corrupt(mem, tmp_path):
     with pytest.raises(samcpu.MemoryFileError, match="holds no saved memory"):
         samcpu.SparseMemory.load(tmp_path / "nothing")
     mem.save(tmp_path / "m")
-    state = tmp_path / "m" / "state.npz"
+    state = saved_file(tmp_path / "m", "state.npz")
     blob = bytearray(state.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     state.write_bytes(bytes(blob))
@@ -138,18 +138,23 @@ def test_load_missing_or_corrupt(mem, tmp_path):
     with pytest.raises(samcpu.MemoryFileError, match="cannot read"):
         samcpu.SparseMemory.load(tmp_path / "m")
     assert issubclass(samcpu.MemoryFileError, ValueError)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(samcpu.MemoryFileError, match="holds no saved memory"):
+        samcpu.SparseMemory.load(tmp_path / "empty")
 
 
 def test_save_replaces_an_older_save_completely(mem, rng, tmp_path):
     h = samcpu.SparseMemory(B, N, W, num_heads=H, k=K, index="hnsw")
     h.step(**good(rng))
     h.save(tmp_path / "m")
-    assert "hnsw.npz" in os.listdir(tmp_path / "m")
+    assert saved_file(tmp_path / "m", "hnsw.npz").is_file()
     mem.save(tmp_path / "m")  # an exact-index memory over the same folder
     mem.step(*random_step_inputs(rng, B, H, W, None))
     mem.save(tmp_path / "m")
     assert samcpu.SparseMemory.load(tmp_path / "m").position == 7
-    assert sorted(os.listdir(tmp_path / "m")) == ["meta.json", "state.npz"]
+    data = saved_file(tmp_path / "m", "state.npz").parent
+    assert sorted(os.listdir(tmp_path / "m")) == sorted([".samcpu.lock", "meta.json", data.name])
+    assert sorted(os.listdir(data)) == [".samcpu-data", "state.npz"]
 
 
 def _rss():
@@ -209,19 +214,14 @@ def test_bad_input_with_the_hnsw_index_loses_nothing(rng):
 def test_load_refuses_usage_steps_the_journal_cannot_hold(mem, tmp_path):
     """A saved (checksum-valid) ring whose steps lie outside [1, position] is refused: the
     journal's int32 undo records could not hold them."""
-    import json
-
-    from samcpu.memory import _sha256
     mem.save(tmp_path / "m")
-    state, meta_path = tmp_path / "m" / "state.npz", tmp_path / "m" / "meta.json"
+    state = saved_file(tmp_path / "m", "state.npz")
     arrays = dict(np.load(state))
     for bad in (2**31 + 5, 0):
         arrays["ring_usage"] = arrays["ring_usage"].copy()
         arrays["ring_usage"][-1] = bad
         with open(state, "wb") as f:
             np.savez(f, **arrays)
-        meta = json.loads(meta_path.read_text())
-        meta["files"]["state.npz"] = _sha256(str(state))
-        meta_path.write_text(json.dumps(meta))
+        reseal(tmp_path / "m")
         with pytest.raises(samcpu.MemoryFileError, match="ring_usage"):
             samcpu.SparseMemory.load(tmp_path / "m")

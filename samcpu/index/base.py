@@ -55,9 +55,14 @@ class Index(abc.ABC):
     """What :class:`samcpu.SparseMemory` needs of an index over its rows.
 
     ``memory`` (B, N, W) is the live memory array and ``written`` its :class:`WrittenRows`.
+    Subclasses take their options as named keyword arguments (no ``**kwargs``), so that
+    SparseMemory can refuse an unknown option by name, and accept ``seed``.
+
+    A row that a write or a rewind leaves zero is reported by :meth:`update` or
+    :meth:`invalidate` like any other change; :meth:`reset` forgets every row at once.
     """
 
-    def __init__(self, memory, written, **options):
+    def __init__(self, memory, written):
         self.memory = memory
         self.written = written
 
@@ -65,12 +70,6 @@ class Index(abc.ABC):
     def update(self, rows):
         """Rows ``rows[b]`` (B, R) int64 changed content (written, erased, rewound or
         replayed; -1 entries are padding); their new contents are in ``memory``."""
-
-    def remove(self, rows):
-        """Rows ``rows[b]`` (B, R) int64 (-1 padded) were zeroed: stop offering them on the
-        strength of their earlier contents. Indexes that hold no vectors of their own have
-        nothing to drop, so by default this is :meth:`update`."""
-        self.update(rows)
 
     def invalidate(self, rows):
         """Like :meth:`update`, for rows changed by rewind or replay: the index may defer the
@@ -87,12 +86,16 @@ class Index(abc.ABC):
         """Forget every row (the memory has been zeroed)."""
 
     def save(self, directory):
-        """Write the index's own state into ``directory``; returns the file names written."""
+        """Write the index's own state into ``directory``, a new empty folder that the caller
+        fsyncs and makes visible atomically; returns the names of the files written (plain
+        names, no sub-folders)."""
         return []
 
     def load(self, directory, rows):
         """Restore the state :meth:`save` wrote in ``directory``, or, if ``directory`` is None,
-        build the index over the written rows ``rows`` (B, R) (-1 padded)."""
+        build the index over the written rows ``rows`` (B, R) (-1 padded). The files' checksums
+        have been verified, but their contents may still be crafted: check every size and id
+        before trusting it, and raise ``ValueError`` for anything out of bounds."""
         self.update(rows)
 
     def __len__(self):

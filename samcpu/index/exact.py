@@ -13,6 +13,11 @@ class ExactIndex(Index):
 
     block = SCAN_BLOCK
 
+    def __init__(self, memory, written, seed=0):
+        """``seed`` is accepted for the common interface and unused (the scan is exact); any
+        other option is a ``TypeError`` (SparseMemory reports it as a ``ValueError``)."""
+        super().__init__(memory, written)
+
     def update(self, rows):
         pass
 

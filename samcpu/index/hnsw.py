@@ -229,20 +229,52 @@ class HNSWIndex(Index):
         return names + ["hnsw.npz"]
 
     def load(self, directory, rows):
-        if directory is None or not os.path.isfile(os.path.join(directory, "hnsw.npz")):
+        """Restore the graphs and the hot tier :meth:`save` wrote, after checking every array
+        and every graph file (:func:`samcpu.index.hnsw_file.check_graph_file`: sizes, counts,
+        levels, neighbour ids, labels, deletion marks) against its bounds, so that hnswlib never
+        sees a file it could crash on (``ValueError`` instead). With an hnswlib whose file
+        layout is not known, or with no saved graph, the graphs are rebuilt from ``rows``."""
+        from . import hnsw_file
+
+        if (directory is None or not os.path.isfile(os.path.join(directory, "hnsw.npz"))
+                or not hnsw_file.format_known()):
             self.update(rows)
             return
-        n = self.memory.shape[1]
-        with np.load(os.path.join(directory, "hnsw.npz")) as z:
+        n_batch, n, dim = self.memory.shape
+        with np.load(os.path.join(directory, "hnsw.npz"), allow_pickle=False) as z:
             label_row, label_counts = z["label_row"], z["label_counts"]
             buffer, buffer_counts = z["buffer"], z["buffer_counts"]
-        if label_counts.shape != (len(self.graphs),) or buffer_counts.shape != (len(self.graphs),):
+        for name, arr in (("label_row", label_row), ("label_counts", label_counts), ("buffer", buffer),
+                          ("buffer_counts", buffer_counts)):
+            if arr.dtype.kind not in "iu" or arr.ndim != 1:
+                raise ValueError(f"hnsw.npz: {name} is not a vector of integers")
+        label_row, buffer = label_row.astype(np.int64), buffer.astype(np.int64)
+        if label_counts.shape != (n_batch,) or buffer_counts.shape != (n_batch,):
             raise ValueError("hnsw.npz does not match the batch size")
+        if (label_counts.min() < 0 or buffer_counts.min() < 0 or label_counts.sum() != len(label_row)
+                or buffer_counts.sum() != len(buffer)):
+            raise ValueError("hnsw.npz: the counts do not match the arrays")
         if label_row.size and (label_row.max() >= n or label_row.min() < -1):
             raise ValueError("hnsw.npz holds rows outside the memory")
+        if buffer.size and (buffer.max() >= n or buffer.min() < 0):
+            raise ValueError("hnsw.npz holds hot rows outside the memory")
         lo = np.concatenate([[0], np.cumsum(label_counts)])
         bo = np.concatenate([[0], np.cumsum(buffer_counts)])
-        for b in range(len(self.graphs)):
+        for b in range(n_batch):  # check everything before building anything
+            labels = label_row[lo[b]:lo[b + 1]]
+            live = labels[labels >= 0]
+            if len(np.unique(live)) != len(live):
+                raise ValueError(f"hnsw.npz: two live labels of batch element {b} name the same row")
+            hot = buffer[bo[b]:bo[b + 1]]
+            if len(np.unique(hot)) != len(hot):
+                raise ValueError(f"hnsw.npz: batch element {b}'s hot rows repeat a row")
+            path = os.path.join(directory, f"hnsw_{b}.bin")
+            info = hnsw_file.check_graph_file(path, dim, count=len(labels))
+            if (info.labels >= len(labels)).any() or len(np.unique(info.labels)) != len(labels):
+                raise ValueError(f"{path}: its labels are not 0 .. {len(labels) - 1}, each once")
+            if not np.array_equal(info.deleted, labels[info.labels.astype(np.int64)] < 0):
+                raise ValueError(f"{path}: its deletion marks do not match hnsw.npz")
+        for b in range(n_batch):
             g = self._new_graph(b, path=os.path.join(directory, f"hnsw_{b}.bin"),
                                 label_row=label_row[lo[b]:lo[b + 1]])
             live = np.flatnonzero(g.label_row[: g.next_label] >= 0)
