@@ -36,5 +36,10 @@ tour: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/kernels.py
 
+# docs/results.md and the README's headline table from benchmarks/results/*.json
+.PHONY: results
+results: $(STAMP)
+	$(PY) benchmarks/make_results.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info

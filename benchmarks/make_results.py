@@ -133,6 +133,11 @@ def div(a, b):
     return a / b
 
 
+def order(v):
+    """A sort key for values that should be numbers but may not be."""
+    return (0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v))
+
+
 def kib(x):
     return num(div(x, KIB), 1)
 
@@ -346,14 +351,17 @@ def memory_section(src):
 
 def scaling_section(src):
     out = []
-    sams = {r.get("n"): r for _, r in src.rows("sam")}
-    dams = {r.get("n"): r for _, r in src.rows("dam")}
+    def key(r):  # N, hashable whatever the JSON holds
+        n = r.get("n")
+        return n if isinstance(n, int | float | str) else json.dumps(n)
+    sams = {key(r): r for _, r in src.rows("sam")}
+    dams = {key(r): r for _, r in src.rows("dam")}
     rows = []
-    for n in sorted(set(sams) | set(dams), key=lambda v: v if isinstance(v, int | float) else -1):
+    for n in sorted(set(sams) | set(dams), key=order):
         s, d = sams.get(n, {}), dams.get(n, {})
 
-        def fitted(key, s=s):
-            return "*" if s.get(f"dam_over_sam_{key}_fitted") else ""
+        def fitted(what, s=s):
+            return "*" if s.get(f"dam_over_sam_{what}_fitted") else ""
         rows.append([num(n, 0), num(s.get("ms_per_step"), 2), num(s.get("peak_mib"), 1),
                      num(d.get("ms_per_step"), 1) if "skipped" not in d else "-",
                      num(d.get("peak_mib"), 0) if "skipped" not in d else "-",
@@ -579,7 +587,7 @@ def recall_long_section(src):
         for m in r.get("milestones") or []:
             if isinstance(m, dict) and m.get("level") not in levels:
                 levels.append(m.get("level"))
-    levels.sort(key=lambda v: v if isinstance(v, int) else -1)
+    levels.sort(key=order)
     rows = []
     for level in levels:
         row = [num(level, 0)]
@@ -719,61 +727,94 @@ def render_section(src, title, render, command):
 
 # ---------------------------------------------------------------------------- the headline
 def headline(sources, readme=True):
-    """The README's headline rows: (what, measured, conditions with a link)."""
-    def link(title):
-        return f"[{'details' if readme else 'below'}]({'docs/results.md' if readme else ''}#{anchor(title)})"
+    """The README's headline rows: [what, measured, conditions with a link]. A row whose JSON is
+    laid out in a way the generator does not know reads n/a, with the reason."""
     titles = {rel: title for rel, title, _, _ in SECTIONS}
+
+    def link(rel):
+        page = "docs/results.md" if readme else ""
+        return f"[{'details' if readme else 'below'}]({page}#{anchor(titles[rel])})"
+
     rows = []
-    step = sources["step.json"]
-    sam = sorted((r for _, r in step.rows("results") if r.get("model") == "SAM"
-                  and isinstance(r.get("ms_per_step"), int | float)), key=lambda r: r.get("n") or 0)
-    rows.append(["SAM training step, ms",
-                 " / ".join(num(r["ms_per_step"], 2) for r in sam) or "n/a (not in step.json)",
-                 "N = " + " / ".join(num(r.get("n"), 0) for r in sam) + "; forward + backward + RMSprop, "
-                 f"B = {num(step.get('args', 'batch', note=False), 0)}, "
-                 f"T = {num(step.get('args', 'steps', note=False), 0)} "
-                 f"({link(titles['step.json'])})"])
-    memory = sources["memory.json"]
-    ms = sorted((d for _, d in memory.rows("derived") if d.get("model") == "sam"
-                 and isinstance(d.get("peak_per_step"), int | float)), key=lambda d: d.get("n") or 0)
-    rows.append(["SAM training memory per step, KiB",
-                 " / ".join(num(d["peak_per_step"] / KIB, 1) for d in ms) or "n/a (not in memory.json)",
-                 "N = " + " / ".join(num(d.get("n"), 0) for d in ms) + "; B = 1, (peak(T = 1,000) - "
-                 f"peak(T = 100)) / 900 ({link(titles['memory.json'])})"])
-    scaling = sources["scaling/scaling.json"]
-    ss = sorted((r for _, r in scaling.rows("sam") if isinstance(r.get("peak_mib"), int | float)),
-                key=lambda r: r.get("n") or 0)
-    rows.append(["SAM peak training memory, MiB",
-                 " / ".join(num(r["peak_mib"], 1) for r in ss) or "n/a (not in scaling.json)",
-                 "N = " + " / ".join(num(r.get("n"), 0) for r in ss) + "; B = 1, T = "
-                 f"{num(scaling.get('settings', 'memory_steps', note=False), 0)}, growth of peak RSS "
-                 f"({link(titles['scaling/scaling.json'])})"])
-    for key, what in (("ms_per_step", "time per step"), ("peak_mib", "peak memory")):
-        both = [r for r in ss if isinstance(r.get(f"dam_over_sam_{key}"), int | float)
-                and not r.get(f"dam_over_sam_{key}_fitted")]
-        if old_dam(scaling):
-            value, n = PENDING, None
-        elif both:
-            value, n = num(both[-1][f"dam_over_sam_{key}"], 0, "x"), both[-1].get("n")
-        else:
-            value, n = "n/a (not in scaling.json)", None
-        cond = (f"N = {num(n, 0)}, the largest N where both ran, measured in one run" if n is not None else
-                "the old `samcpu.DAM` was not a fair baseline (issue 11); `make results` fills this in "
-                "from the new measurement" if value == PENDING else "no measured pair")
-        rows.append([f"DAM / SAM, {what}", value, f"{cond} ({link(titles['scaling/scaling.json'])})"])
-    learning = sources["learning.json"]
-    copy = sorted((r for _, r in learning.rows("runs") if r.get("task") == "copy" and r.get("model") == "sam"
-                   and isinstance(r.get("eval_bits_error"), int | float)), key=lambda r: r.get("seed") or 0)
-    minutes = [r.get("train_minutes") for r in copy if isinstance(r.get("train_minutes"), int | float)]
-    slots = learning.get("slots", "sam", note=False)
-    rows.append(["Copy task, SAM, bits error per sequence",
-                 " / ".join(num(r["eval_bits_error"], 3) for r in copy) or "n/a (not in learning.json)",
-                 "seeds " + " / ".join(num(r.get("seed"), 0) for r in copy) + f"; N = {num(slots, 0)}, "
-                 "fresh data at full difficulty, "
-                 + (f"{num(min(minutes), 0)}-{num(max(minutes), 0)} minutes of training on one core each"
-                    if minutes else "training time n/a")
-                 + f"; solved is < 0.1 ({link(titles['learning.json'])})"])
+    for label, rel, make in HEADLINE:
+        try:
+            measured, conditions = make(sources[rel])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+            measured, conditions = f"n/a ({rel}: {type(e).__name__})", "the generator could not read it"
+        rows.append([label, measured, f"{conditions} ({link(rel)})"])
     return rows
+
+
+def _numbers(src, key, digits, scale=1):
+    return " / ".join(num(r[key] / scale, digits) for r in src) or "n/a"
+
+
+def _ns(rows):
+    return "N = " + " / ".join(num(r.get("n"), 0) for r in rows)
+
+
+def head_step(step):
+    sam = sorted((r for _, r in step.rows("results") if r.get("model") == "SAM"
+                  and isinstance(r.get("ms_per_step"), int | float)), key=lambda r: order(r.get("n")))
+    return (_numbers(sam, "ms_per_step", 2),
+            f"{_ns(sam)}; forward + backward + RMSprop, B = {num(step.get('args', 'batch', note=False), 0)}, "
+            f"T = {num(step.get('args', 'steps', note=False), 0)}")
+
+
+def head_memory(memory):
+    sam = sorted((d for _, d in memory.rows("derived") if d.get("model") == "sam"
+                  and isinstance(d.get("peak_per_step"), int | float)), key=lambda d: order(d.get("n")))
+    return (_numbers(sam, "peak_per_step", 1, KIB),
+            f"{_ns(sam)}; B = 1, (peak(T = 1,000) - peak(T = 100)) / 900")
+
+
+def _scaling_sam(scaling):
+    return sorted((r for _, r in scaling.rows("sam") if isinstance(r.get("peak_mib"), int | float)),
+                  key=lambda r: order(r.get("n")))
+
+
+def head_peak(scaling):
+    sam = _scaling_sam(scaling)
+    return (_numbers(sam, "peak_mib", 1), f"{_ns(sam)}; B = 1, T = "
+            f"{num(scaling.get('settings', 'memory_steps', note=False), 0)}, growth of peak RSS")
+
+
+def head_dam(key):
+    def make(scaling):
+        if old_dam(scaling):
+            return PENDING, ("the old `samcpu.DAM` was not a fair baseline (issue 11); `make results` fills "
+                             "this in from the new measurement")
+        both = [r for r in _scaling_sam(scaling) if isinstance(r.get(f"dam_over_sam_{key}"), int | float)
+                and not r.get(f"dam_over_sam_{key}_fitted")]
+        if not both:
+            return "n/a", "no N at which both were measured"
+        return (num(both[-1][f"dam_over_sam_{key}"], 0, "x"),
+                f"{_ns(both[-1:])}, the largest N at which both ran, measured in one run")
+    return make
+
+
+def head_copy(learning):
+    copy = sorted((r for _, r in learning.rows("runs") if r.get("task") == "copy" and r.get("model") == "sam"
+                   and isinstance(r.get("eval_bits_error"), int | float)), key=lambda r: order(r.get("seed")))
+    minutes = [r.get("train_minutes") for r in copy if isinstance(r.get("train_minutes"), int | float)]
+    solved = bool(copy) and all(r["eval_bits_error"] < 0.1 for r in copy)
+    return (_numbers(copy, "eval_bits_error", 3),
+            "seeds " + " / ".join(num(r.get("seed"), 0) for r in copy)
+            + f"; N = {num(learning.get('slots', 'sam', note=False), 0)}, fresh data at full difficulty, "
+            + (f"{num(min(minutes), 0)}-{num(max(minutes), 0)} minutes of training on one core each; "
+               if minutes else "")
+            + ("solved: every seed < 0.1" if solved else "not solved in every seed (target < 0.1)"))
+
+
+# (first cell, JSON file, function of the Source giving (measured, conditions))
+HEADLINE = [
+    ("SAM training step, ms", "step.json", head_step),
+    ("SAM training memory per step, KiB", "memory.json", head_memory),
+    ("SAM peak training memory, MiB", "scaling/scaling.json", head_peak),
+    ("DAM / SAM, time per step", "scaling/scaling.json", head_dam("ms_per_step")),
+    ("DAM / SAM, peak memory", "scaling/scaling.json", head_dam("peak_mib")),
+    ("Copy task, SAM, bits error per sequence", "learning.json", head_copy),
+]
 
 
 def headline_table(sources, readme=True):
