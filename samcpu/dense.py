@@ -1,20 +1,22 @@
-"""Dense memory access in plain torch autograd (DESIGN.md section 1).
+"""Dense Access Memory (DAM): the paper's dense baseline, vectorised in plain torch autograd.
 
-:class:`DenseAccess` applies the step of Rae et al. (2016) to a dense memory tensor with
-ordinary torch operations, so autograd differentiates it with respect to q, beta, a, alpha,
-gamma, the initial memory M and the initial read weights w^R. With ``k=None`` the read is a
-softmax over all N rows (the paper's dense baseline, DAM); with ``k=K`` it is the top-K read,
-the dense reference that :class:`samcpu.SparseMemory` with the exact index is tested against.
+:class:`DenseAccess` applies the step of DESIGN.md section 1 to a dense memory tensor with the
+read a softmax over all N rows: the LRA rows by an O(N) selection on (u(i), i), the erase and
+all heads' adds as one operation each, the similarities and the read as batched matrix
+products. Autograd differentiates it with respect to q, beta, a, alpha, gamma, the initial
+memory M and the initial read weights w^R; row choices (the LRA rows) and usage carry no
+gradient. Its cost per step grows with N, and its autograd graph holds one (B, N, W) memory
+per step, so training memory grows with N * T: this is the baseline SAM is measured against.
 
-One function per equation, assembled in :meth:`DenseAccess.forward`. Sums over the word
-dimension and over the K read rows run sequentially, in the order the kernels use, so that
-identical rows get bit-identical similarities and ties break the same way. Row choices
-(LRA rows, top-K rows) and usage carry no gradient. Its cost grows with N and with T.
+One function per equation, assembled in :meth:`DenseAccess.forward` (deepmind/dnc style). The
+bit-matching reference with a top-K read (the oracle SparseMemory is tested against) lives in
+``tests/dense_ref.py``; this module is tested against its ``k=None`` path to float64 round-off.
 """
 from typing import NamedTuple
 
 import torch
 
+from ._util import check_int
 from .config import DELTA, EPS
 
 __all__ = ["DenseAccess", "DenseState"]
@@ -29,99 +31,72 @@ class DenseState(NamedTuple):
     step: int  #: steps applied so far (t of the next step is step + 1)
 
 
-def _dot(x, y):
-    """x . y over the last axis, summed sequentially: x_0 y_0 + x_1 y_1 + ... (broadcasts)."""
-    total = x[..., 0] * y[..., 0]
-    for j in range(1, x.shape[-1]):
-        total = total + x[..., j] * y[..., j]
-    return total
-
-
-def _sequential_sum(x, dim=-1):
-    """Sum over axis ``dim`` in index order, x_0 + x_1 + ..., as the kernels do."""
-    total = x.select(dim, 0)
-    for j in range(1, x.shape[dim]):
-        total = total + x.select(dim, j)
-    return total
-
-
-def _softmax(z, total):
-    """softmax over the last axis with max subtraction; ``total(e, dim=-1)`` sums e."""
-    e = torch.exp(z - z.detach().amax(dim=-1, keepdim=True))
-    return e / total(e, dim=-1).unsqueeze(-1)
-
-
-def lra_weights(usage, num_heads):
-    """I^U: one-hot least recently accessed rows l_1..l_H (step 1, no gradient).
+def lra_rows(usage, num_heads):
+    """Step 1, I^U: the H least recently accessed rows l_1..l_H (no gradient).
 
     Parameters
     ----------
     usage : Tensor (B, N) int64
         Last-access times u(i), 0 = never accessed.
     num_heads : int
-        H.
+        H <= N.
 
     Returns
     -------
-    Tensor (B, H, N) int64
-        Row l_h of head h is the h-th smallest by (u(i), i): a stable sort breaks ties to
-        the lower row index.
+    Tensor (B, H) int64
+        l_h, the h-th smallest row by (u(i), i): ties to the lower row index. One O(N)
+        selection (``topk`` of H on the key u(i) N + i, distinct for distinct rows), no sort.
     """
-    rows = torch.sort(usage, dim=-1, stable=True).indices[:, :num_heads]
-    return torch.nn.functional.one_hot(rows, usage.shape[-1])
+    n = usage.shape[-1]
+    key = usage * n + torch.arange(n, device=usage.device)
+    return torch.topk(key, num_heads, dim=-1, largest=False, sorted=True).indices
 
 
 def write_weights(prev_read_weights, lra, write_gate, interp_gate):
-    """The two parts of w^W_h = alpha_h (gamma_h w^R_{h,t-1} + (1 - gamma_h) I^U_h).
+    """w^W_h = alpha_h (gamma_h w^R_{h,t-1} + (1 - gamma_h) I^U_h), all heads at once.
 
     Parameters
     ----------
     prev_read_weights : Tensor (B, H, N)
         w^R_{t-1}.
-    lra : Tensor (B, H, N)
-        I^U from :func:`lra_weights`.
+    lra : Tensor (B, H) int64
+        l_h from :func:`lra_rows`.
     write_gate, interp_gate : Tensor (B, H)
         alpha and gamma.
 
     Returns
     -------
-    previous : Tensor (B, H, N)
-        (alpha_h gamma_h) w^R_{h,t-1}.
-    least_used : Tensor (B, H, N)
-        alpha_h (1 - gamma_h) I^U_h.
+    Tensor (B, H, N)
+        w^W, dense.
     """
     previous = (write_gate * interp_gate).unsqueeze(-1) * prev_read_weights
-    least_used = (write_gate * (1.0 - interp_gate)).unsqueeze(-1) * lra.to(prev_read_weights.dtype)
-    return previous, least_used
+    least_used = (write_gate * (1.0 - interp_gate)).unsqueeze(-1)
+    return previous.scatter_add(-1, lra.unsqueeze(-1), least_used)
 
 
-def erase_and_add(memory, lra, previous, least_used, add):
-    """Steps 2-3: M(l_h) <- 0 for every h, then M += w^W_h a_h^T head by head.
+def erase_and_add(memory, lra, weights, add):
+    """Steps 2-3: M(l_h) <- 0 for every h (R = I^U 1^T), then M += sum_h w^W_h a_h^T.
 
     Parameters
     ----------
     memory : Tensor (B, N, W)
         M before the write.
-    lra : Tensor (B, H, N)
-        I^U (the rows to erase).
-    previous, least_used : Tensor (B, H, N)
-        The parts of w^W from :func:`write_weights`.
+    lra : Tensor (B, H) int64
+        l_h, the rows to erase (distinct).
+    weights : Tensor (B, H, N)
+        w^W from :func:`write_weights`.
     add : Tensor (B, H, W)
         a.
 
     Returns
     -------
     Tensor (B, N, W)
-        M after the write. Head by head, the previously read rows' part is added before the
-        LRA part, as in the kernels (same rounding).
+        M after the write: one scatter of zeros (the erase), then one batched matrix product
+        for all heads' adds.
     """
-    keep = 1 - lra.amax(dim=1)
-    memory = memory * keep.unsqueeze(-1).to(memory.dtype)
-    for h in range(add.shape[1]):
-        a = add[:, h, None, :]
-        memory = memory + previous[:, h, :, None] * a
-        memory = memory + least_used[:, h, :, None] * a
-    return memory
+    rows = lra.unsqueeze(-1).expand(-1, -1, memory.shape[-1])
+    erased = memory.scatter(1, rows, 0.0)
+    return torch.baddbmm(erased, weights.transpose(1, 2), add)
 
 
 def cosine_similarity(query, memory, eps):
@@ -139,16 +114,17 @@ def cosine_similarity(query, memory, eps):
     Returns
     -------
     Tensor (B, H, N)
-        An all-zero row scores exactly 0.
+        One batched matrix product of the eps-normalised queries with M, divided by the rows'
+        eps-norms (the same as normalising M first, without a second (B, N, W) tensor). An
+        all-zero row scores exactly 0.
     """
-    q = query.unsqueeze(2)
-    m = memory.unsqueeze(1)
-    dot, qq, mm = _dot(q, m), _dot(q, q), _dot(m, m)
-    return dot / (torch.sqrt(qq + eps) * torch.sqrt(mm + eps))
+    q = query / torch.sqrt((query * query).sum(-1, keepdim=True) + eps)
+    row_norm = torch.sqrt(torch.einsum("bnw,bnw->bn", memory, memory) + eps)
+    return torch.bmm(q, memory.transpose(1, 2)) / row_norm.unsqueeze(1)
 
 
-def content_read(memory, similarity, strength, k):
-    """Step 4: read weights w^R_h and reads r_h = sum_i w^R_h(i) M(i).
+def content_read(memory, similarity, strength):
+    """Step 4: w^R_h = softmax over all N rows of beta_h c(q_h, M(i)); r_h = sum_i w^R_h(i) M(i).
 
     Parameters
     ----------
@@ -158,40 +134,27 @@ def content_read(memory, similarity, strength, k):
         c(q_h, M(i)).
     strength : Tensor (B, H)
         beta.
-    k : int or None
-        None: w^R_h = softmax over all N rows of beta_h c. K: softmax over the K rows s_{h,k}
-        with the largest c (ties to the lower row, no gradient through the choice), zero
-        elsewhere; the softmax and the read sum run sequentially over k.
 
     Returns
     -------
     weights : Tensor (B, H, N)
-        w^R_t, dense.
+        w^R_t.
     reads : Tensor (B, H, W)
-        r.
+        r, one batched matrix product.
     """
-    z = strength.unsqueeze(-1) * similarity
-    if k is None:
-        weights = _softmax(z, torch.sum)
-        return weights, torch.matmul(weights, memory)
-    rows = torch.sort(-similarity.detach(), dim=-1, stable=True).indices[..., :k]  # s (B, H, K)
-    w = _softmax(z.gather(-1, rows), _sequential_sum)
-    batch = torch.arange(memory.shape[0], device=memory.device)[:, None, None]
-    reads = _sequential_sum(w.unsqueeze(-1) * memory[batch, rows], dim=-2)  # M(s) (B, H, K, W)
-    return torch.zeros_like(similarity).scatter(-1, rows, w), reads
+    weights = torch.softmax(strength.unsqueeze(-1) * similarity, dim=-1)
+    return weights, torch.bmm(weights, memory)
 
 
-def usage_after_step(usage, previous, least_used, read_weights, delta, t):
+def usage_after_step(usage, write_weights, read_weights, delta, t):
     """Step 5: u(i) <- t where the total write plus read weight of row i exceeds delta.
 
     Parameters
     ----------
     usage : Tensor (B, N) int64
         u before the step.
-    previous, least_used : Tensor (B, H, N)
-        The parts of w^W from :func:`write_weights`.
-    read_weights : Tensor (B, H, N)
-        w^R_t.
+    write_weights, read_weights : Tensor (B, H, N)
+        w^W_t and w^R_t.
     delta : float
         Threshold delta.
     t : int
@@ -200,68 +163,92 @@ def usage_after_step(usage, previous, least_used, read_weights, delta, t):
     Returns
     -------
     Tensor (B, N) int64
-        New u (no gradient). Summed head by head, write parts before read weights.
+        New u (no gradient).
     """
     with torch.no_grad():
-        total = torch.zeros_like(read_weights[:, 0])
-        for h in range(read_weights.shape[1]):
-            total = total + previous[:, h] + least_used[:, h]
-        for h in range(read_weights.shape[1]):
-            total = total + read_weights[:, h]
+        total = write_weights.sum(1) + read_weights.sum(1)
         return torch.where(total > delta, torch.full_like(usage, t), usage)
 
 
+def _check_input(name, value, shape, what, like):
+    """``value`` as a tensor of ``like``'s dtype and device, or ValueError naming ``name``."""
+    value = torch.as_tensor(value, device=like.device)
+    if value.dtype == torch.bool or value.is_complex():
+        raise ValueError(f"{name} has dtype {value.dtype} but a real floating tensor is expected")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(value.shape)} but expected {shape} {what}")
+    value = value.to(like.dtype)
+    if not torch.isfinite(value.detach()).all():
+        raise ValueError(f"{name} contains NaN or Inf (in {like.dtype})")
+    return value
+
+
 class DenseAccess(torch.nn.Module):
-    """Dense SAM/DAM memory access, differentiable with plain torch autograd.
+    """Dense Access Memory: softmax reads over all N rows, dense writes, plain torch autograd.
+
+    The same calls as :class:`samcpu.SparseAccess`: ``state = access.initial_state(batch_size)``,
+    then ``reads, state = access(query, strength, add, write_gate, interp_gate, state)``.
+    The state's dtype follows the module's (``.double()``, ``.to(torch.float64)``); inputs are
+    converted to the dtype of the state's memory.
 
     Parameters
     ----------
     num_slots, word_size : int
         N, W.
     num_heads : int
-        H read/write heads.
-    k : int or None
-        K rows read per head (the dense top-K reference of SAM), or None to read with a
-        softmax over all N rows (DAM).
+        H read/write heads (<= N).
     delta : float
         Usage threshold delta.
     eps : float
         Norm epsilon.
     dtype : torch.dtype
-        Dtype of memory, inputs and outputs.
+        Dtype of the memory made by :meth:`initial_state` (float32 or float64).
     """
 
-    def __init__(self, num_slots, word_size, num_heads=1, k=None, delta=DELTA, eps=EPS,
-                 dtype=torch.float32):
+    def __init__(self, num_slots, word_size, num_heads=1, delta=DELTA, eps=EPS, dtype=torch.float32):
         super().__init__()
-        for name, value in (("num_slots", num_slots), ("word_size", word_size),
-                            ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if num_heads > num_slots:
-            raise ValueError(f"num_heads must be <= num_slots ({num_slots}), got {num_heads}")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int)
-                              or not 1 <= k <= num_slots):
-            raise ValueError(f"k must be None or an integer in [1, num_slots={num_slots}], got {k!r}")
-        self.num_slots, self.word_size, self.num_heads, self.k = num_slots, word_size, num_heads, k
-        self.delta, self.eps, self.dtype = float(delta), float(eps), dtype
+        self.num_slots = check_int("num_slots", num_slots)
+        self.word_size = check_int("word_size", word_size)
+        self.num_heads = check_int("num_heads", num_heads, 1, self.num_slots)
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.delta, self.eps = float(delta), float(eps)
+        # an empty buffer: .double(), .to(dtype) and .to(device) move it, and the state follows it
+        self.register_buffer("_like", torch.empty(0, dtype=dtype), persistent=False)
+
+    @property
+    def dtype(self):
+        return self._like.dtype
 
     def extra_repr(self):
         return (f"num_slots={self.num_slots}, word_size={self.word_size}, "
-                f"num_heads={self.num_heads}, k={self.k}, dtype={self.dtype}")
+                f"num_heads={self.num_heads}, dtype={self.dtype}")
 
-    def initial_state(self, batch_size, device=None):
+    def initial_state(self, batch_size):
         """All-zero memory, never-accessed usage, zero read weights, step 0."""
-        b, n, w, h = batch_size, self.num_slots, self.word_size, self.num_heads
-        return DenseState(torch.zeros(b, n, w, dtype=self.dtype, device=device),
-                          torch.zeros(b, n, dtype=torch.int64, device=device),
-                          torch.zeros(b, h, n, dtype=self.dtype, device=device), 0)
+        b = check_int("batch_size", batch_size)
+        n, w, h = self.num_slots, self.word_size, self.num_heads
+        like = self._like
+        return DenseState(like.new_zeros(b, n, w), torch.zeros(b, n, dtype=torch.int64, device=like.device),
+                          like.new_zeros(b, h, n), 0)
 
-    def _check(self, name, value, shape, what, device):
-        value = torch.as_tensor(value, dtype=self.dtype, device=device)
-        if tuple(value.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(value.shape)} but expected {shape} {what}")
-        return value
+    def _check_state(self, state):
+        memory, usage, read_weights, _ = state
+        n, w, h = self.num_slots, self.word_size, self.num_heads
+        if not isinstance(memory, torch.Tensor) or memory.dim() != 3 or tuple(memory.shape[1:]) != (n, w):
+            shape = tuple(memory.shape) if isinstance(memory, torch.Tensor) else type(memory).__name__
+            raise ValueError(f"state.memory has shape {shape} but expected (batch_size, {n}, {w}) "
+                             "(batch_size, num_slots, word_size)")
+        if not memory.is_floating_point():
+            raise ValueError(f"state.memory has dtype {memory.dtype} but a floating tensor is expected")
+        b = memory.shape[0]
+        if tuple(usage.shape) != (b, n) or usage.dtype != torch.int64:
+            raise ValueError(f"state.usage has shape {tuple(usage.shape)} and dtype {usage.dtype} but "
+                             f"expected {(b, n)} int64")
+        if tuple(read_weights.shape) != (b, h, n):
+            raise ValueError(f"state.read_weights has shape {tuple(read_weights.shape)} "
+                             f"but expected {(b, h, n)} (batch_size, num_heads, num_slots)")
+        return b
 
     def forward(self, query, strength, add, write_gate, interp_gate, state):
         """Apply one step (LRA, erase, add, read, usage) to every batch element.
@@ -279,7 +266,7 @@ class DenseAccess(torch.nn.Module):
         interp_gate : Tensor (B, H)
             gamma in [0, 1]: previously read rows (1) or the LRA row (0).
         state : DenseState
-            From :meth:`initial_state` or the previous call.
+            From :meth:`initial_state` or the previous call (never modified).
 
         Returns
         -------
@@ -288,29 +275,28 @@ class DenseAccess(torch.nn.Module):
         state : DenseState
             The state after the step.
         """
+        b = self._check_state(state)
         memory, usage, prev_read_weights, step = state
-        n, w, h = self.num_slots, self.word_size, self.num_heads
-        if memory.dim() != 3 or tuple(memory.shape[1:]) != (n, w):
-            raise ValueError(f"state.memory has shape {tuple(memory.shape)} but expected "
-                             f"(batch_size, {n}, {w}) (batch_size, num_slots, word_size)")
-        b, device = memory.shape[0], memory.device
-        if tuple(usage.shape) != (b, n):
-            raise ValueError(f"state.usage has shape {tuple(usage.shape)} but expected {(b, n)}")
-        if tuple(prev_read_weights.shape) != (b, h, n):
-            raise ValueError(f"state.read_weights has shape {tuple(prev_read_weights.shape)} "
-                             f"but expected {(b, h, n)} (batch_size, num_heads, num_slots)")
+        h, w = self.num_heads, self.word_size
         bhw, bh = ((b, h, w), "(batch_size, num_heads, word_size)"), ((b, h), "(batch_size, num_heads)")
-        query = self._check("query", query, *bhw, device)
-        strength = self._check("strength", strength, *bh, device)
-        add = self._check("add", add, *bhw, device)
-        write_gate = self._check("write_gate", write_gate, *bh, device)
-        interp_gate = self._check("interp_gate", interp_gate, *bh, device)
+        query = _check_input("query", query, *bhw, memory)
+        strength = _check_input("strength", strength, *bh, memory)
+        add = _check_input("add", add, *bhw, memory)
+        write_gate = _check_input("write_gate", write_gate, *bh, memory)
+        interp_gate = _check_input("interp_gate", interp_gate, *bh, memory)
+        if not (strength.detach() > 0).all():
+            raise ValueError(f"strength must be > 0, got minimum {strength.detach().min().item()}")
+        for name, g in (("write_gate", write_gate), ("interp_gate", interp_gate)):
+            g = g.detach()
+            if not ((g >= 0) & (g <= 1)).all():
+                raise ValueError(f"{name} must lie in [0, 1], got values in "
+                                 f"[{g.min().item()}, {g.max().item()}]")
 
         t = step + 1
-        lra = lra_weights(usage, h)
-        previous, least_used = write_weights(prev_read_weights, lra, write_gate, interp_gate)
-        memory = erase_and_add(memory, lra, previous, least_used, add)
+        lra = lra_rows(usage, h)
+        ww = write_weights(prev_read_weights.to(memory.dtype), lra, write_gate, interp_gate)
+        memory = erase_and_add(memory, lra, ww, add)
         similarity = cosine_similarity(query, memory, self.eps)
-        read_weights, reads = content_read(memory, similarity, strength, self.k)
-        usage = usage_after_step(usage, previous, least_used, read_weights, self.delta, t)
+        read_weights, reads = content_read(memory, similarity, strength)
+        usage = usage_after_step(usage, ww, read_weights, self.delta, t)
         return reads, DenseState(memory, usage, read_weights, t)

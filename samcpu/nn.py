@@ -119,21 +119,6 @@ class SparseAccess(nn.Module):
         return torch_bridge.step_interface(state, interface)
 
 
-class DenseAccessAdapter(nn.Module):
-    """The dense baseline's access (softmax over all N rows) behind SparseAccess's calls."""
-
-    def __init__(self, num_slots, word_size, num_heads=1, dtype=torch.float32):
-        super().__init__()
-        from .dense import DenseAccess
-        self.inner = DenseAccess(num_slots, word_size, num_heads, k=None, dtype=dtype)
-
-    def initial_state(self, batch_size):
-        return self.inner.initial_state(batch_size)
-
-    def forward(self, query, strength, add, write_gate, interp_gate, state):
-        return self.inner(query, strength, add, write_gate, interp_gate, state)
-
-
 class ControllerState(NamedTuple):
     lstm: tuple  #: (h, c), each (B, hidden_size)
     reads: torch.Tensor  #: r_{t-1} (B, H * W)
@@ -223,7 +208,12 @@ class DAM(_MemoryNetwork):
 
     def __init__(self, input_size, output_size, hidden_size=100, num_slots=64, word_size=32,
                  num_heads=4, k=None, index=None, batch_first=False, dtype=torch.float32):
-        access = DenseAccessAdapter(num_slots, word_size, num_heads, dtype)
+        from .dense import DenseAccess  # DenseAccess has SparseAccess's calls: no adapter needed
+
+        if k is not None or index is not None:
+            raise ValueError(f"DAM reads all N rows with a softmax: k and index must be None, "
+                             f"got k={k!r}, index={index!r}")
+        access = DenseAccess(num_slots, word_size, num_heads, dtype=dtype)
         super().__init__(access, input_size, output_size, hidden_size, word_size, num_heads,
                          batch_first, dtype)
 

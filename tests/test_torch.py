@@ -200,7 +200,7 @@ def test_models_are_used_like_lstm(model_cls, batch_first):
 def test_sparse_access_equals_the_dense_reference_in_outputs_and_gradients(shape):
     """SparseAccess(exact, float64) against DenseAccess(k=K): top-K by dense similarity with the
     tie rule, dense masked writes, plain torch autograd (DESIGN.md section 1)."""
-    from samcpu.dense import DenseAccess
+    from dense_ref import DenseAccess
 
     b, n, w, h, k, steps = shape  # steps * h > n: the memory fills and the LRA recycles
     g = torch.Generator().manual_seed(n)
