@@ -127,17 +127,29 @@ def test_headline_copy_equals_learning_json():
     assert all(r["eval_bits_error"] < 0.1 for r in runs) == ("solved" in conditions)
 
 
-def test_old_dam_is_recognised_and_a_rewritten_json_is_not(tmp_path):
-    shutil.copytree(RESULTS, tmp_path / "results")
-    path = tmp_path / "results" / "scaling" / "scaling.json"
-    src = make_results.Source(str(tmp_path / "results"), "scaling/scaling.json")
-    assert make_results.old_dam(src)  # the committed file is the old DAM's
+def test_old_dam_is_recognised_and_a_rewritten_json_is_not(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
+    path = results / "scaling" / "scaling.json"
     data = json.loads(path.read_text())
-    data["machine"] = {"git_commit": "f" * 40, "git_dirty": False}
+    for sam in data["sam"]:  # measured ratios at every N but the last, whatever the file held
+        sam["dam_over_sam_ms_per_step_fitted"] = sam is data["sam"][-1]
     path.write_text(json.dumps(data))
-    rows = {r[0]: r[1] for r in make_results.headline(make_results.load_sources(str(tmp_path / "results")))}
-    want = [r for r in data["sam"] if not r["dam_over_sam_ms_per_step_fitted"]][-1]
-    assert rows["DAM / SAM, time per step"] == f"{want['dam_over_sam_ms_per_step']:,.0f}x"
+
+    def dam_cell():
+        rows = make_results.headline(make_results.load_sources(str(results)))
+        return {r[0]: r[1] for r in rows}["DAM / SAM, time per step"]
+
+    sha = make_results.Source(str(results), "scaling/scaling.json").sha256
+    monkeypatch.setitem(make_results.OLD_DAM_SHA256, "scaling/scaling.json", sha)  # this very file
+    assert dam_cell() == make_results.PENDING
+    data["machine"] = {"git_commit": make_results.OLD_DAM_COMMITS[0] + "0" * 28}  # an old commit
+    path.write_text(json.dumps(data))
+    assert dam_cell() == make_results.PENDING
+    data["machine"] = {"git_commit": "f" * 40, "git_dirty": False}  # a new run
+    path.write_text(json.dumps(data))
+    want = data["sam"][-2]["dam_over_sam_ms_per_step"]
+    assert dam_cell() == f"{want:,.0f}x"
 
 
 # ---------------------------------------------------------------------------- robustness
