@@ -1,13 +1,18 @@
-"""`samcpu bench scaling`: the paper's Figure 1 on this machine.
+"""`samcpu bench scaling`: the paper's Figure 1 on this machine; and the paper's benchmark model.
 
 Time of one forward + backward training step (B=8, W=32, H=4, K=4, LSTM 100) and peak training
 memory (B=1, T=100 steps of BPTT) against the memory size N, for SAM and for the dense DAM,
-in one run. DAM is measured while it fits the time and memory budgets; beyond, a straight line
-fitted in log-log space to its measured points is drawn dashed and labelled "fitted". Each
-measurement runs in a fresh worker process (peak memory first, as Linux VmHWM after a reset, then
-the time), so none inherits the heap of another and the parent stays small.
-Writes ``scaling.json`` and ``scaling.png`` into ``--out``.
+in one run. DAM is measured while N <= --dam-max (1e5); beyond, a straight line fitted in
+log-log space to its measured points is drawn dashed and labelled "fitted", and ratios taken
+from it are marked. Each measurement runs in a fresh worker process (peak memory first, as
+Linux VmHWM after a reset, then the time), so none inherits the heap of another and the parent
+stays small. Writes ``scaling.json`` and ``scaling.png`` into ``--out``; the JSON records the
+load average before and after (the machine may be shared).
+
+:func:`build` and the constants below are the benchmark configuration that
+``benchmarks/step.py`` and ``benchmarks/memory.py`` use too.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -15,26 +20,46 @@ import sys
 import time
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-from .nn import DAM, SAM
-from .train import _positive
+from ._util import parse_int, peak_rss_bytes, reset_peak_rss, rss_bytes
 
+#: the paper's benchmark model: input/output bits, LSTM units, word size, heads, reads per head
 IO, HIDDEN, W, H, K = 8, 100, 32, 4, 4
+#: bytes the DAM's autograd graph holds per slot, step and batch element: the memory after the
+#: write (W float32) and five (H, N) or (N,) float32 tensors, 4 (W + 4H + 1) = 196 bytes,
+#: measured 201 with a fixed glibc mmap threshold and 262-280 with glibc's default (freed
+#: temporaries stay resident); the benchmarks skip DAM runs whose estimate exceeds their limit.
+DAM_BYTES_PER_SLOT_STEP = 280
 
 
-def build(kind, n):
-    torch.manual_seed(0)
+def build(kind, n, seed=0):
+    """The benchmark model: ``"sam"`` (SAM, HNSW index) or ``"dam"`` (DAM) with N = ``n`` slots,
+    input and output 8, LSTM 100, W=32, H=4, K=4; parameters seeded by ``seed``."""
+    import torch
+
+    from .nn import DAM, SAM
+
+    torch.manual_seed(seed)
     if kind == "sam":
-        return SAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H, k=K)
-    return DAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H)
+        return SAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H, k=K, index="hnsw")
+    if kind == "dam":
+        return DAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H)
+    raise ValueError(f"kind must be 'sam' or 'dam', got {kind!r}")
+
+
+def random_bits(steps, batch, gen):
+    """Inputs and targets (steps, batch, IO), Bernoulli(0.5) bits from torch generator ``gen``."""
+    import torch
+
+    p = torch.full((steps, batch, IO), 0.5)
+    return torch.bernoulli(p, generator=gen), torch.bernoulli(p, generator=gen)
 
 
 def train_sequence(model, opt, steps, batch, gen):
     """One fresh-state training sequence; returns its wall seconds."""
-    x = torch.bernoulli(torch.full((steps, batch, IO), 0.5), generator=gen)
-    target = torch.bernoulli(torch.full((steps, batch, IO), 0.5), generator=gen)
+    from torch.nn import functional as F
+
+    x, target = random_bits(steps, batch, gen)
     t0 = time.perf_counter()
     y, _ = model(x)
     F.binary_cross_entropy_with_logits(y, target).backward()
@@ -43,32 +68,28 @@ def train_sequence(model, opt, steps, batch, gen):
     return time.perf_counter() - t0
 
 
+def _model_and_optimiser(kind, n):
+    import torch
+
+    model = build(kind, n)
+    return model, torch.optim.RMSprop(model.parameters(), lr=1e-4), torch.Generator().manual_seed(0)
+
+
 def step_time(kind, n, batch, steps, repeats):
     """Median seconds per training step (sequences of ``steps`` steps, after one warm-up)."""
-    model = build(kind, n)
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
-    gen = torch.Generator().manual_seed(0)
+    model, opt, gen = _model_and_optimiser(kind, n)
     train_sequence(model, opt, steps, batch, gen)
     return float(np.median([train_sequence(model, opt, steps, batch, gen) for _ in range(repeats)]) / steps)
 
 
-def _vm_hwm():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def peak_memory_worker(kind, n, steps):
     """In a fresh process: bytes of peak RSS a training pass of ``steps`` steps adds (B=1)."""
-    model = build(kind, n)
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
-    gen = torch.Generator().manual_seed(0)
+    model, opt, gen = _model_and_optimiser(kind, n)
     train_sequence(model, opt, 2, 1, gen)  # compile, allocate the optimiser state
-    with open("/proc/self/status") as f:
-        base = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
+    base = rss_bytes()
+    reset_peak_rss()  # VmHWM := current RSS
     train_sequence(model, opt, steps, 1, gen)
-    return _vm_hwm() - base
+    return peak_rss_bytes() - base
 
 
 def _worker(what, args, timeout=None, threads=1):
@@ -96,13 +117,16 @@ def peak_memory(kind, n, steps, timeout):
 
 def fit_loglog(ns, values):
     """(slope, intercept) of log(value) = slope log(N) + intercept."""
-    return tuple(np.polyfit(np.log(ns), np.log(values), 1))
+    return tuple(float(v) for v in np.polyfit(np.log(ns), np.log(values), 1))
 
 
 def scaling(args):
-    slots = [int(float(s)) for s in args.slots]
-    res = dict(settings=dict(batch=args.batch, steps=args.steps, word_size=W, heads=H, k=K, hidden=HIDDEN,
-                             memory_batch=1, memory_steps=args.memory_steps), sam=[], dam=[])
+    slots = args.slots
+    res = dict(settings=dict(batch=args.batch, steps=args.steps, repeats=args.repeats, word_size=W, heads=H,
+                             k=K, hidden=HIDDEN, memory_batch=1, memory_steps=args.memory_steps,
+                             torch_threads=args.torch_threads, dam_max=args.dam_max),
+               command=" ".join(["samcpu", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None,
+               loadavg_start=os.getloadavg(), sam=[], dam=[])
     for kind in ("sam", "dam"):
         for n in slots:
             row = dict(n=n)
@@ -121,16 +145,18 @@ def scaling(args):
                 if failed:
                     row["failed"] = failed  # the worker's reason was printed
             res[kind].append(row)
-            print(f"{kind.upper()} N={n:>10,}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                          for k, v in row.items() if k != "n"), flush=True)
+            shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in row.items() if k != "n")
+            print(f"{kind.upper()} N={n:>10,}: " + ", ".join(shown), flush=True)
+    res["loadavg_end"] = os.getloadavg()
     measured = [r for r in res["dam"] if "skipped" not in r]
     if len(measured) >= 2:
         for key in ("ms_per_step", "peak_mib"):
             pts = [(r["n"], r[key]) for r in measured if r.get(key)]
             if len(pts) >= 2:
-                res[f"dam_fit_{key}"] = fit_loglog(*zip(*pts))
+                res[f"dam_fit_{key}"] = fit_loglog(*zip(*pts, strict=True))
     print("\nSAM / DAM (DAM measured where it ran, from the fitted line beyond, marked *):")
-    for s, d in zip(res["sam"], res["dam"]):
+    for s, d in zip(res["sam"], res["dam"], strict=True):
         parts = []
         for key, label in (("ms_per_step", "time"), ("peak_mib", "memory")):
             if d.get(key) and s.get(key):
@@ -141,9 +167,10 @@ def scaling(args):
             else:
                 continue
             parts.append(f"{label} {ratio:,.0f}x{mark}")
-            s[f"dam_over_sam_{key}"] = ratio
+            s[f"dam_over_sam_{key}"] = float(ratio)
             s[f"dam_over_sam_{key}_fitted"] = bool(mark)
         print(f"  N={s['n']:>10,}: " + "; ".join(parts))
+    print(f"load average {res['loadavg_start'][0]:.2f} before, {res['loadavg_end'][0]:.2f} after")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "scaling.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -159,12 +186,13 @@ def plot(res, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in ((axes[0], "ms_per_step", "forward + backward ms per step (B=8)"),
-                           (axes[1], "peak_mib", "peak training memory, MiB (B=1, T=%d)" % res["settings"]["memory_steps"])):
+    st = res["settings"]
+    for ax, key, label in ((axes[0], "ms_per_step", f"forward + backward ms per step (B={st['batch']})"),
+                           (axes[1], "peak_mib", f"peak training memory, MiB (B=1, T={st['memory_steps']})")):
         for kind, colour in (("sam", "tab:blue"), ("dam", "tab:red")):
             pts = [(r["n"], r[key]) for r in res[kind] if r.get(key)]
             if pts:
-                ax.plot(*zip(*pts), "o-", color=colour, label=kind.upper())
+                ax.plot(*zip(*pts, strict=True), "o-", color=colour, label=kind.upper() + " (measured)")
         fit = res.get(f"dam_fit_{key}")
         if fit:
             ns = np.array([r["n"] for r in res["sam"]], float)
@@ -179,24 +207,34 @@ def plot(res, path):
     plt.close(fig)
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1 ("1000", "1e5", "1_000"), else an argparse error."""
+    try:
+        return parse_int(text, 1)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_arguments(p):
     p.add_argument("what", choices=["scaling"])
-    p.add_argument("--slots", nargs="+", default=["1e3", "1e4", "1e5", "1e6", "1e7"])
-    p.add_argument("--dam-max", type=lambda s: int(float(s)), default=100_000,
-                   help="largest N at which DAM is run (at 1e5 its memory worker grows by 19.2 GiB; "
-                        "with less memory a killed worker is reported and the run goes on)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20, help="steps per timed sequence")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--memory-steps", type=int, default=100)
+    p.add_argument("--slots", nargs="+", type=positive_int, default=[10**3, 10**4, 10**5, 10**6, 10**7],
+                   help="memory sizes N (default 1e3 1e4 1e5 1e6 1e7)")
+    p.add_argument("--dam-max", type=positive_int, default=100_000,
+                   help="largest N at which DAM is run (default 1e5); beyond, its line is fitted")
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--steps", type=positive_int, default=20, help="steps per timed sequence")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--memory-steps", type=positive_int, default=100)
     p.add_argument("--timeout", type=float, default=1200, help="seconds per worker process")
-    p.add_argument("--torch-threads", type=_positive, default=1,
+    p.add_argument("--torch-threads", type=positive_int, default=1,
                    help="torch threads in the timing workers (memory workers use 1)")
     p.add_argument("--out", default="runs/bench")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
+        import torch
+
         what, threads, kind, *nums = sys.argv[2:]
         torch.set_num_threads(int(threads))
         fn = dict(memory=peak_memory_worker, time=step_time)[what]
