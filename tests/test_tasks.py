@@ -359,6 +359,24 @@ def test_curriculum_matches_a_brute_force_reference(seed, fraction):
     assert got[-1][1] > 8  # the stream exercised several rises
 
 
+def test_curriculum_counts_passes_at_the_top_level():
+    cur = Curriculum(max_level=4, start_level=2, threshold=1.0, patience=2, hard_fraction=0.5)
+    assert [cur.update(0.0, 2) for _ in range(2)] == [False, True] and cur.at_max
+    assert cur.solved_at_max == 0
+    results = [cur.update(loss, level) for loss, level in
+               ((0.0, 4), (0.0, 2), (0.0, 4), (5.0, 3), (0.0, 4), (0.0, 4), (0.0, 1))]
+    assert not any(results) and cur.current == 4
+    # passes: after the 2nd hard episode (2 was easy), then [5, 0] fails, [0, 0] passes
+    assert cur.solved_at_max == 2 and cur.history == deque()
+    state = cur.state_dict()
+    assert state["solved_at_max"] == 2
+    other = Curriculum(4)
+    other.load_state_dict(state)
+    assert other.solved_at_max == 2
+    with pytest.raises(ValueError, match="solved_at_max"):
+        other.load_state_dict({**state, "solved_at_max": -1})
+
+
 def test_curriculum_update_level_checks():
     cur = Curriculum(max_level=8, start_level=4, patience=2)
     with pytest.raises(ValueError, match="level is needed"):
@@ -390,7 +408,8 @@ def test_curriculum_state_dict_round_trip():
         cur.update(loss, level)
     state = cur.state_dict()
     assert state == {"max_level": 10, "start_level": 2, "threshold": 0.3, "patience": 4,
-                     "hard_fraction": 0.5, "current": 4, "history": [0.2, 0.7], "last_level": None}
+                     "hard_fraction": 0.5, "current": 4, "history": [0.2, 0.7], "last_level": None,
+                     "solved_at_max": 0}
     other = Curriculum(max_level=3)
     other.load_state_dict(state)
     assert other.state_dict() == state

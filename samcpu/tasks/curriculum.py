@@ -41,6 +41,7 @@ class Curriculum:
         self.current = self.start_level
         self.history = deque(maxlen=self.patience)
         self.last_level = None
+        self.solved_at_max = 0
 
     def _configure(self, max_level, start_level, threshold, patience, hard_fraction):
         self.max_level = check_int(max_level, "max_level", 1)
@@ -96,9 +97,11 @@ class Curriculum:
         if self.hard_fraction is not None and level < self.hard_from:
             return False
         self.history.append(loss)
-        if len(self.history) < self.patience or self.at_max:
+        if len(self.history) < self.patience or not sum(self.history) / self.patience < self.threshold:
             return False
-        if not sum(self.history) / self.patience < self.threshold:
+        if self.at_max:
+            self.solved_at_max += 1
+            self.history.clear()
             return False
         self.current = min(2 * self.current, self.max_level)
         self.history.clear()
@@ -123,7 +126,8 @@ class Curriculum:
         return {"max_level": self.max_level, "start_level": self.start_level,
                 "threshold": self.threshold, "patience": self.patience,
                 "hard_fraction": self.hard_fraction, "current": self.current,
-                "history": list(self.history), "last_level": self.last_level}
+                "history": list(self.history), "last_level": self.last_level,
+                "solved_at_max": self.solved_at_max}
 
     def load_state_dict(self, state):
         """Restore a ``state_dict()`` (settings and progress).
@@ -148,8 +152,10 @@ class Curriculum:
         last = state.get("last_level")
         if last is not None:
             last = check_int(last, "last_level", 1, probe.max_level)
+        solved = check_int(state.get("solved_at_max", 0), "solved_at_max", 0)
         self._configure(state["max_level"], state["start_level"], state["threshold"],
                         state["patience"], hard)
         self.current = current
         self.history = deque(history, maxlen=self.patience)
         self.last_level = last
+        self.solved_at_max = solved
