@@ -149,11 +149,25 @@ def _removable(directory, used_before):
 
 
 def _remove(path):
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+    """Delete one of our entries; a data folder's marker goes last, so a folder whose deletion
+    is cut short (kill -9) still proves to be ours (or is empty) at the next save."""
+    if not os.path.isdir(path):
         with suppress(FileNotFoundError):
             os.remove(path)
+        return
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name == MARKER:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with suppress(FileNotFoundError):
+                    os.remove(entry.path)
+    with suppress(FileNotFoundError):
+        os.remove(os.path.join(path, MARKER))
+    with suppress(OSError):
+        os.rmdir(path)
 
 
 def state_arrays(mem):
@@ -183,8 +197,10 @@ def save(mem, directory):
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"directory {directory!r} is a file, not a folder")
-    os.makedirs(directory, exist_ok=True)
     used_before = os.path.exists(os.path.join(directory, LOCK))
+    if os.path.isdir(directory):
+        _removable(directory, used_before)  # refuse another program's folder before creating anything
+    os.makedirs(directory, exist_ok=True)
     with _locked(directory, exclusive=True):
         stale = _removable(directory, used_before)
         name = f"data-{secrets.token_hex(8)}"
