@@ -1,7 +1,11 @@
-"""Helpers shared by the benchmark scripts: resident memory, timing statistics, machine facts."""
+"""Helpers shared by the benchmark scripts: timing statistics, machine facts, JSON output.
+
+Resident memory comes from samcpu._util (one copy): ``rss_now`` is the current RSS and
+``rss_peak`` the peak RSS (VmHWM) since start or ``samcpu._util.reset_peak_rss()``, in bytes.
+"""
+import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 
@@ -9,20 +13,11 @@ import numba
 import numpy as np
 
 import samcpu
+from samcpu._util import atomic_write
+from samcpu._util import peak_rss_bytes as rss_peak  # noqa: F401 (re-exported for the scripts)
+from samcpu._util import rss_bytes as rss_now  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_now():
-    """Current resident set size in bytes (/proc/self/statm)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-def rss_peak():
-    """Peak resident set size in bytes (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def stats(ns):
@@ -55,10 +50,7 @@ def machine_info(threads):
     return info
 
 
-
 def write_json(path, data):
-    """Write ``data`` as indented JSON, creating the folder."""
-    import json
+    """Write ``data`` as indented JSON (all or nothing), creating the folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
