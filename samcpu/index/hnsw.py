@@ -1,15 +1,18 @@
-"""HNSWIndex: hnswlib kept in step with every write, with exact re-scoring.
+"""HNSWIndex: two tiers per batch element, an exact hot tier and an hnswlib cold tier.
 
-Per batch element one ``hnswlib.Index`` (cosine space) holds the written, non-zero rows.
-Labels are versions, not rows: a row whose content changed much is re-inserted under a new
-label and its old label is deleted (``mark_deleted``, ~1 us), because hnswlib's in-place
-update of a label costs ~20 inserts. Every write first lands in a small exact buffer that each
-query scans in full, so a read always sees what the same step wrote; the buffer is flushed
-into hnswlib in batches at the next write, deduplicated (a row written ten times is re-indexed once), and a row whose content
-moved little (cosine to its indexed vector >= ``stale_cos``) keeps its label. Queries over-fetch
-from hnswlib and re-score every candidate exactly against the live memory. When deleted
-labels outnumber live ones the graph is rebuilt in bulk. Batch elements run in parallel
-threads (hnswlib releases the GIL).
+Per batch element one ``hnswlib.Index`` (cosine space) holds the cold rows: written, non-zero
+rows that have not been written for a while. Every write lands in the hot tier, a small set of
+rows that each query scans exactly, so a read always sees what the same step wrote, and a row
+written again and again costs nothing in the graph while it stays hot. When the hot tier has
+grown by ``flush_rows // 2`` rows it is flushed: the ``flush_rows // 2`` most recently written
+rows stay hot, the others cool into the graph, once. A cooling row that is still close to its
+indexed vector (cosine >= ``stale_cos``) keeps its label; one that moved is re-inserted under a
+new label (labels are versions, not rows, because hnswlib's in-place update of a label costs
+about 20 inserts) and its old label is deleted (``mark_deleted``, about 1 us). Written rows that
+are zero stay in the hot tier (they tie at similarity 0 with the unwritten rows). Queries
+over-fetch from hnswlib and re-score every candidate exactly against the live memory. When
+deleted labels outnumber live ones the graph is rebuilt in bulk (amortised: one insert per
+deletion). Batch elements run in parallel threads (hnswlib and the kernels release the GIL).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -78,25 +81,30 @@ class HNSWIndex(Index):
     ----------
     m, ef_construction, ef : hnswlib parameters (graph degree, build and query beam width)
     overfetch : candidates asked of hnswlib per query, beyond k
-    flush_rows : buffer size per batch element that triggers a flush into hnswlib
-    stale_cos : a row is re-indexed when cos(indexed vector, content) drops below this
+    flush_rows : the hot tier's size per batch element: it is flushed when it has grown by
+        ``flush_rows // 2`` rows, keeping the ``flush_rows // 2`` most recently written
+    stale_cos : a cooling row is re-indexed when cos(indexed vector, content) is below this
     num_threads : threads over the batch elements
     seed : hnswlib's random seed (level generation)
     """
 
     def __init__(self, memory, written, m=16, ef_construction=64, ef=32, overfetch=8,
-                 flush_rows=256, stale_cos=0.98, num_threads=2, seed=0, capacity=1024):
+                 flush_rows=512, stale_cos=0.98, num_threads=2, seed=0, capacity=1024):
         super().__init__(memory, written)
         self.m, self.ef_construction, self.ef = m, ef_construction, ef
         self.overfetch, self.flush_rows, self.stale_cos = overfetch, flush_rows, stale_cos
         self.seed, self.capacity = seed, capacity
         b, n, _ = memory.shape
         self.row_label = lazy_zeros((b, n), np.int64)  # label + 1 of a row's live label
-        self.buffer = RowSet(b, n, capacity=2 * flush_rows)  # rows scanned exactly by every query
+        self.buffer = RowSet(b, n, capacity=2 * flush_rows)  # the hot tier: scanned exactly by every query
+        self.last_write = lazy_zeros((b, n), np.int64)  # the update() count at a row's last write
+        self.clock = 0
+        self.flush_at = np.full(b, flush_rows, np.int64)  # hot rows at which element b flushes
         self.graphs = [self._new_graph(i) for i in range(b)]
         self.num_threads = max(1, min(num_threads, b))
         self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
         self.rebuilds = 0
+        self.inserted = 0  # vectors given to hnswlib (rebuilds included), summed over the batch
 
     def _new_graph(self, b, capacity=None, path=None, label_row=None):
         return _Graph(self.memory.shape[2], capacity or self.capacity, self.m,
@@ -116,10 +124,13 @@ class HNSWIndex(Index):
 
     # -------------------------------------------------------------- interface
     def update(self, rows):
-        # flush what earlier calls buffered, so the rows of this step stay in the exact
-        # buffer for this step's query
-        if self.buffer.counts.max() >= self.flush_rows:
+        # flush what earlier calls made hot first, so the rows of this step stay in the hot
+        # tier for this step's query
+        if (self.buffer.counts >= self.flush_at).any():
             self._each(self._flush)
+        self.clock += 1
+        mask = rows >= 0
+        self.last_write[np.nonzero(mask)[0], rows[mask]] = self.clock
         self.invalidate(rows)
 
     def invalidate(self, rows):
@@ -166,12 +177,14 @@ class HNSWIndex(Index):
         return rows, sims
 
     def flush(self):
-        """Move every buffered row into hnswlib now."""
-        self._each(self._flush)
+        """Move every non-zero hot row into hnswlib now (zero rows stay hot)."""
+        self._each(lambda b: self._flush(b, keep_hot=0))
 
-    def _flush(self, b):
-        """Index the buffered rows of batch element b: insert new and much-changed rows under
-        new labels, delete the labels of changed and zeroed rows; zero rows stay buffered."""
+    def _flush(self, b, keep_hot=None):
+        """Cool batch element b's hot tier: the ``keep_hot`` (default ``flush_rows // 2``)
+        most recently written non-zero rows stay hot, the other non-zero rows go into the graph
+        (a row still close to its indexed vector keeps its label), zero rows stay hot and lose
+        their labels."""
         g = self.graphs[b]
         buf = self.buffer
         count = buf.counts[b]
@@ -181,23 +194,33 @@ class HNSWIndex(Index):
         vals = np.asarray(self.memory[b, rows], np.float32)
         norms = np.sqrt((vals.astype(np.float64) ** 2).sum(1))
         nonzero = norms > 0
+        hot = np.zeros(count, bool)
+        nz = np.flatnonzero(nonzero)
+        if keep_hot is None:
+            keep_hot = self.flush_rows // 2
+        if len(nz) <= keep_hot:
+            hot[nz] = True
+        elif keep_hot > 0:
+            recent = self.last_write[b, rows[nz]]
+            hot[nz[np.argpartition(-recent, keep_hot - 1)[:keep_hot]]] = True
+        cool = nonzero & ~hot
         labels = self.row_label[b, rows] - 1
         has = labels >= 0
-        keep = has & nonzero
-        if keep.any():
-            stored = g.index.get_items(labels[keep], return_type="numpy")
-            cos = (stored * vals[keep]).sum(1) / norms[keep]
-            still = np.zeros(count, bool)
-            still[np.flatnonzero(keep)[cos >= self.stale_cos]] = True
-            keep = still
-        insert = nonzero & ~keep
-        delete = has & ~keep
+        still = np.zeros(count, bool)  # cooling rows whose indexed vector is still good
+        check = cool & has
+        if check.any():
+            stored = g.index.get_items(labels[check], return_type="numpy")
+            cos = (stored * vals[check]).sum(1) / norms[check]
+            still[np.flatnonzero(check)[cos >= self.stale_cos]] = True
+        insert = cool & ~still
+        delete = has & ((cool & ~still) | ~nonzero)
         g.delete(labels[delete])
         self.row_label[b, rows[delete]] = 0
         g.insert(vals[insert], rows[insert], self.row_label[b])
+        self.inserted += int(insert.sum())
         rowset_clear(buf.flags[b], buf.members[b], count)
-        zero = rows[~nonzero]  # written rows that are zero stay in the exact buffer
-        buf.counts[b] = rowset_add(buf.flags[b], buf.members[b], 0, zero)
+        buf.counts[b] = rowset_add(buf.flags[b], buf.members[b], 0, rows[hot | ~nonzero])
+        self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.flush_rows - self.flush_rows // 2)
         if g.deleted > max(g.live, 4 * self.flush_rows):
             self._rebuild(b)
 
@@ -209,6 +232,7 @@ class HNSWIndex(Index):
         self.row_label[b, rows] = 0
         g = self._new_graph(b, capacity=max(self.capacity, 2 * len(rows)))
         g.insert(np.asarray(self.memory[b, rows], np.float32), rows, self.row_label[b])
+        self.inserted += len(rows)
         self.graphs[b] = g
         self.rebuilds += 1
 
@@ -292,11 +316,13 @@ class HNSWIndex(Index):
             buf = self.buffer
             buf.counts[b] = rowset_clear(buf.flags[b], buf.members[b], buf.counts[b])
             self.graphs[b] = self._new_graph(b)
+        self.flush_at[:] = self.flush_rows
 
     def __len__(self):
         return sum(g.live for g in self.graphs) + len(self.buffer)
 
     def stats(self):
-        """Live labels, deleted labels, buffered rows and rebuilds, summed over the batch."""
+        """Live labels, deleted labels, hot (buffered) rows, rebuilds and vectors inserted into
+        hnswlib (rebuilds included), summed over the batch."""
         return dict(live=sum(g.live for g in self.graphs), deleted=sum(g.deleted for g in self.graphs),
-                    buffered=len(self.buffer), rebuilds=self.rebuilds)
+                    buffered=len(self.buffer), rebuilds=self.rebuilds, inserted=self.inserted)
