@@ -21,7 +21,7 @@ What is measured
   DAM: its cost per step is independent of T and grows with N, so its warm-up sequences
   are 2 steps long (they also estimate its cost per step); if T steps do not fit in half the
   budget, or their autograd graph (estimated at samcpu.bench.DAM_BYTES_PER_SLOT_STEP bytes per
-  slot, step and batch element; the old DAM: ~6 (N, W) tensors per step) not in --dam-limit,
+  slot, step and batch element; the old DAM: 2,200) not in --dam-limit,
   shorter sequences are timed (the T used is reported); a configuration predicted (linearly
   in N from the last measured one) not to fit even with 2-step sequences is skipped and said
   so. Timed sequences stop early once the budget is used (at least one).
@@ -51,8 +51,9 @@ from samcpu.bench import DAM_BYTES_PER_SLOT_STEP, HIDDEN, K, H, W, build, positi
 from samcpu.bench import random_bits as batch
 
 OLD_DAM = "old DAM"  # the model name of the old samcpu.DAM's rows (tests/dense_ref.py, k=None)
-#: the old DAM's autograd graph per slot, step and batch element: ~6 saved (N, W) float32 tensors
-OLD_DAM_BYTES_PER_SLOT_STEP = W * 4 * 6
+#: the old DAM's resident memory per slot, step and batch element: 2,157 bytes measured
+#: (benchmarks/results/memory.json before issue 11: +14.1 GB for N=65,536, T=100, B=1)
+OLD_DAM_BYTES_PER_SLOT_STEP = 2200
 
 
 def build_model(kind, n):
