@@ -319,9 +319,16 @@ def progress_bar(args, episode):
     desc = f"{args.model} {args.task} N={args.slots:,}"
     if args.minutes is None:
         return tqdm(total=args.steps, initial=episode, disable=args.quiet, dynamic_ncols=True, desc=desc)
-    fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n:.1f} of " + f"{args.minutes:g}"
-           + " min [{elapsed} elapsed, {remaining} left{postfix}]")
-    return tqdm(total=args.minutes, disable=args.quiet, dynamic_ncols=True, desc=desc, bar_format=fmt)
+
+    class BudgetBar(tqdm):
+        budget = ""  # "elapsed of budget, left, episode", set by _show
+
+        @property
+        def format_dict(self):
+            return {**super().format_dict, "budget": self.budget}
+
+    return BudgetBar(total=args.minutes, disable=args.quiet, dynamic_ncols=True, desc=desc,
+                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {budget}{postfix}")
 
 
 # ------------------------------------------------------------------ training
@@ -366,11 +373,16 @@ def _restore_rng_states(states, task, levels, curriculum):
 def _show(bar, args, start, episode, **postfix):
     """Advance the progress bar by one episode, or to the minutes elapsed under ``--minutes``."""
     if args.minutes is None:
-        bar.set_postfix(**postfix)
+        bar.set_postfix(**postfix, refresh=False)
         bar.update()
-    else:
-        bar.set_postfix(episode=episode, **postfix)
-        bar.update(min(args.minutes, (time.perf_counter() - start) / 60) - bar.n)
+        return
+    used = (time.perf_counter() - start) / 60
+    clock = bar.format_interval
+    left = max(0.0, args.minutes - used)
+    bar.budget = (f"{clock(60 * used)} of {clock(60 * args.minutes)}, {clock(60 * left)} left, "
+                  f"episode {episode:,d}")
+    bar.set_postfix(**postfix, refresh=False)
+    bar.update(min(args.minutes, used) - bar.n)
 
 
 def train(args):
