@@ -223,6 +223,31 @@ def resolve_args(args, saved=None):
     return out, changed
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(message)
+
+
+def _check_saved(saved, path):
+    """The checkpoint's arguments pass the command line's checks, or ``ValueError``."""
+    p = _RaisingParser(add_help=False)
+    add_arguments(p)
+    argv = []
+    for key in RUN_ARGS + RESUMABLE_ARGS:
+        value = saved.get(key)
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if key == "curriculum" and isinstance(value, bool):
+            argv.append(flag if value else "--no-curriculum")
+        else:
+            argv += [flag, str(value)]
+    try:
+        p.parse_args(argv)
+    except ValueError as e:
+        raise ValueError(f"--resume: {path} holds arguments that are not valid ({e})") from None
+
+
 def _check_combination(args):
     if args.model == "sam":
         for key in ("k", "heads"):
@@ -405,6 +430,7 @@ def _train_locked(args, ckpt_path):
     if args.resume:
         ck = load_checkpoint(ckpt_path)
         check_training_checkpoint(ck, ckpt_path)
+        _check_saved(ck["args"], ckpt_path)
         args, changed = resolve_args(args, ck["args"])
     else:
         args, _ = resolve_args(args)

@@ -110,12 +110,15 @@ def test_bad_checkpoints_are_one_line(tmp_path, capsys):
 
     rng = np.random.default_rng(0)
     without = {k: v for k, v in good.items() if k not in ("model", "args")}
+    crafted = {**good["args"], "slots": "abc"}
     cases = [  # (what, how the checkpoint is damaged, what the one line says)
         ("random bytes", lambda p: p.write_bytes(rng.bytes(5000)), "damaged"),
         ("empty file", lambda p: p.write_bytes(b""), "damaged"),
         ("missing keys", lambda p: save_checkpoint(p, without), "lacks model, args"),
         ("not a dict", lambda p: save_checkpoint(p, [1, 2, 3]), "holds a list"),
         ("bad episode", lambda p: save_checkpoint(p, {**good, "episode": -3}), "episode"),
+        ("crafted arguments", lambda p: save_checkpoint(p, {**good, "args": crafted}),
+         "arguments that are not valid (argument --slots"),
         ("another model's weights", lambda p: save_checkpoint(p, {**good, "model": {"w": torch.zeros(3)}}),
          "does not fit"),
         ("a folder", lambda p: (p.unlink(), p.mkdir()), "no checkpoint"),
