@@ -208,7 +208,11 @@ def resolve_args(args, saved=None):
         else:
             same = old == new
         if not same:
-            mismatches.append(f"--{key.replace('_', '-')} {new} (the checkpoint's run has {old})")
+            if isinstance(new, bool):  # --curriculum / --no-curriculum
+                shown, had = (f"--{'' if v else 'no-'}{key}" for v in (new, old))
+            else:
+                shown, had = f"--{key.replace('_', '-')} {new}", old
+            mismatches.append(f"{shown} (the checkpoint's run has {had})")
     if mismatches:
         raise ValueError("--resume: arguments differ from the checkpoint's run: " + "; ".join(mismatches)
                          + " (leave them out to take the checkpoint's, or start a new run in another --out)")

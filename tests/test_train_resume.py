@@ -95,7 +95,7 @@ MISMATCHES = [  # (arguments given to --resume, the mismatches its one line name
     (["--index", "hnsw"], ["--index hnsw"]),
     (["--batch", "3"], ["--batch 3"]),
     (["--seed", "1"], ["--seed 1"]),
-    (["--no-curriculum"], ["--curriculum False"]),
+    (["--no-curriculum"], ["--no-curriculum (the checkpoint's run has --curriculum)"]),
     (["--max-level", "4"], ["--max-level 4 (the checkpoint's run has 3)"]),
     (["--patience", "7"], ["--patience 7"]),
     (["--momentum", "0.5"], ["--momentum 0.5"]),
