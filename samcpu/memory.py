@@ -242,7 +242,9 @@ class SparseMemory:
         return out
 
     # ------------------------------------------------------------------ stepping
-    def _check(self, name, value, shape, what):
+    def _check(self, name, value, shape, what, finite=True):
+        """``value`` as a C-contiguous array of the memory's dtype, or ValueError naming ``name``
+        (dtype, shape, and with ``finite`` NaN or Inf)."""
         arr = np.asarray(value)
         if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
             raise ValueError(f"{name} has dtype {arr.dtype} but a real floating array is expected")
@@ -250,13 +252,16 @@ class SparseMemory:
             raise ValueError(f"{name} has shape {arr.shape} but expected {shape} {what}")
         with np.errstate(over="ignore", invalid="ignore"):
             arr = np.ascontiguousarray(arr, dtype=self.dtype)
-        if not np.isfinite(arr).all():
+        if finite and not np.isfinite(arr).all():
             raise ValueError(f"{name} contains NaN or Inf (in {self.dtype})")
         return arr
 
     def _check_magnitude(self, name, arr):
-        """The largest |value| of ``arr``, or ValueError if it exceeds :attr:`value_limit`."""
+        """The largest |value| of ``arr``, or ValueError if it is NaN, Inf or beyond
+        :attr:`value_limit` (one pass over ``arr``)."""
         peak = float(np.abs(arr).max(initial=0.0))
+        if not np.isfinite(peak):
+            raise ValueError(f"{name} contains NaN or Inf (in {self.dtype})")
         if peak > self.value_limit:
             raise ValueError(f"{name} holds |values| up to {peak:.3g}, above this memory's limit "
                              f"{self.value_limit:.3g} (sqrt(largest float / (4 word_size))): larger "
@@ -294,9 +299,9 @@ class SparseMemory:
         """
         b, h, w = self.batch_size, self.num_heads, self.word_size
         bhw, bh = (b, h, w), (b, h)
-        q = self._check("query", query, bhw, "(batch_size, num_heads, word_size)")
+        q = self._check("query", query, bhw, "(batch_size, num_heads, word_size)", finite=False)
         beta = self._check("strength", strength, bh, "(batch_size, num_heads)")
-        a = self._check("add", add, bhw, "(batch_size, num_heads, word_size)")
+        a = self._check("add", add, bhw, "(batch_size, num_heads, word_size)", finite=False)
         alpha = self._check("write_gate", write_gate, bh, "(batch_size, num_heads)")
         gamma = self._check("interp_gate", interp_gate, bh, "(batch_size, num_heads)")
         if not (beta > 0).all():
