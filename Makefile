@@ -15,7 +15,7 @@ $(PY):
 # requirement in a fresh environment would pull a CUDA build of several GB.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[torch,test]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -38,12 +38,12 @@ import torch
 
 from common import HERE, machine_info, write_json
 
-from samcpu.train import build, episode_loss, task_of
+from samcpu.train import build, episode_loss, load_checkpoint, task_of
 
 
 def load_model(checkpoint, threads, trained):
     """(model, args, task) of the checkpoint's run; fresh weights unless ``trained``."""
-    ck = torch.load(checkpoint, weights_only=True)
+    ck = load_checkpoint(checkpoint)
     a = Namespace(**{**ck["args"], "threads": threads})
     task = task_of(a, seed=5)
     model, _, _ = build(a, task)

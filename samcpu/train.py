@@ -608,7 +608,6 @@ def _int_arg(minimum=1, maximum=None):
 
 #: an argparse type: an integer >= 1 ("1000", "1e6"; not "2.5", "inf")
 positive_int_arg = _int_arg(1)
-_positive = positive_int_arg  # bench.py's name for it, until bench.py imports positive_int_arg
 
 
 def _float_arg(low, high=None, low_open=True, high_open=True):
