@@ -44,6 +44,7 @@ DATA_RE = re.compile(r"data-[0-9a-f]{16}")
 FILE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 #: the temporary files samcpu._util.atomic_write makes (mkstemp: 8 of [a-z0-9_])
 TMP_RE = re.compile(r"\.tmp-[a-z0-9_]{8}\.part")
+MAX_META_BYTES = 1 << 20
 SETTINGS = ("batch_size", "num_slots", "word_size", "num_heads", "k", "dtype", "delta", "seed")
 
 
@@ -92,7 +93,10 @@ def read_meta(directory):
         raise MemoryFileError(f"directory {directory!r} holds no saved memory: {path} is missing")
     try:
         with open(path, "rb") as f:
-            meta = json.loads(f.read())
+            blob = f.read(MAX_META_BYTES + 1)
+        if len(blob) > MAX_META_BYTES:
+            raise ValueError(f"larger than {MAX_META_BYTES:,d} bytes")
+        meta = json.loads(blob)
     except (OSError, ValueError) as e:
         raise MemoryFileError(f"cannot read the saved memory in {directory!r}: {e}") from None
     if not isinstance(meta, dict) or "format" not in meta:
@@ -262,7 +266,10 @@ def load(cls, directory, path=None, index=None, index_options=None):
         check_index(kind, index_options)  # the caller's arguments: a plain ValueError
         mem = cls(**settings, index=kind, path=path, index_options=index_options)
         try:
-            with np.load(os.path.join(data, STATE), allow_pickle=False) as z:
+            state = os.path.join(data, STATE)
+            b, n, hk = mem.batch_size, mem.num_slots, mem.num_heads * mem.k
+            _check_expanded_size(state, 8 * b * n * (mem.word_size + 3) + 16 * b * hk + 16 * b + (1 << 16))
+            with np.load(state, allow_pickle=False) as z:
                 rows = restore(mem, position, {name: z[name] for name in z.files})
             mem._index.load(data if kind == meta["index"] else None, rows)
         except (KeyError, TypeError, ValueError, IndexError, OSError, RuntimeError, EOFError,
@@ -271,6 +278,16 @@ def load(cls, directory, path=None, index=None, index_options=None):
                 os.remove(mem.path)
             raise MemoryFileError(f"saved memory in {directory!r} is inconsistent: {e}") from None
     return mem
+
+
+def _check_expanded_size(path, limit):
+    """``ValueError`` if the .npz at ``path`` would expand to more than ``limit`` bytes (the
+    most a save of this memory holds): a crafted archive cannot exhaust memory."""
+    with zipfile.ZipFile(path) as zf:
+        total = sum(info.file_size for info in zf.infolist())
+    if total > limit:
+        raise ValueError(f"{os.path.basename(path)} expands to {total:,d} bytes, more than a save of "
+                         f"this memory can hold ({limit:,d})")
 
 
 def restore(mem, position, z):

@@ -20,7 +20,7 @@ def test_steps_are_located_and_spanned_across_growing_chunks(first, size):
         assert chunk.wcount[slot, 0] == step
     sizes = [c.wcount.shape[0] for c in j.chunks]
     assert sizes[0] == min(first, size) and max(sizes) == size
-    assert all(b == min(2 * a, size) for a, b in zip(sizes, sizes[1:]))
+    assert all(b == min(2 * a, size) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     for lo, hi in [(0, total), (3, min(40, total)), (size - 1, size + 1), (total - 1, total), (5, 5)]:
         got = [int(c.wcount[i, 0]) for c, a, b in j.spans(lo, hi) for i in range(a, b)]
         assert got == list(range(lo + 1, hi + 1))

@@ -300,6 +300,22 @@ def test_crafted_settings_with_valid_checksums_are_refused(rng, tmp_path):
             samcpu.SparseMemory.load(tmp_path / "m")
 
 
+def test_a_state_file_that_expands_beyond_any_save_is_refused_unread(rng, tmp_path):
+    """A compressed archive (a zip bomb) is refused from its declared sizes, before a byte is
+    decompressed."""
+    mem = samcpu.SparseMemory(2, 30, 4, num_heads=2, k=3, index="exact")
+    mem.step(*random_step_inputs(rng, 2, 2, 4, None))
+    mem.save(tmp_path / "m")
+    state = saved_file(tmp_path / "m", "state.npz")
+    arrays = dict(np.load(state))
+    arrays["contents"] = np.zeros((40_000, 4))  # 1.3 MB of zeros, compressed to a few KB
+    np.savez_compressed(state, **arrays)
+    assert state.stat().st_size < 100_000
+    reseal(tmp_path / "m")
+    with pytest.raises(samcpu.MemoryFileError, match="state.npz expands to .* more than a save of"):
+        samcpu.SparseMemory.load(tmp_path / "m")
+
+
 def test_load_reports_the_callers_arguments_as_such(tmp_path):
     """A typo in index_options or a bad path is the caller's error (ValueError naming it), not
     a corrupt file; a failed load leaves no file at path."""
