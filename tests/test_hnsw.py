@@ -283,3 +283,12 @@ def test_hot_tier_keeps_the_most_recently_written_rows_and_indexes_a_row_once():
     assert len(idx.buffer) == 0 and idx.stats()["live"] == written
     hits = sum(step(rng.normal(size=(b, h, w)).astype(np.float32), 0.0) for _ in range(20))
     assert hits / (20 * h * k) >= 0.95
+
+
+@pytest.mark.parametrize("option, value", [
+    ("m", 0), ("ef", 1.5), ("ef_construction", True), ("overfetch", -1), ("flush_rows", 1),
+    ("num_threads", 0), ("capacity", "8"), ("stale_cos", 1.5), ("stale_cos", float("nan")),
+    ("rebuild_ratio", 0), ("rebuild_ratio", float("inf"))])
+def test_bad_index_option_values_are_refused_by_name(option, value):
+    with pytest.raises(ValueError, match=option):
+        samcpu.SparseMemory(1, 100, 4, index="hnsw", index_options={option: value})

@@ -21,6 +21,7 @@ import hnswlib
 import numpy as np
 
 from .._storage import lazy_zeros
+from .._util import check_int
 from ..config import EPS
 from ..kernels import rescore_candidates, rowset_add, rowset_clear
 from .base import Index, RowSet
@@ -84,15 +85,30 @@ class HNSWIndex(Index):
     flush_rows : the hot tier's size per batch element: it is flushed when it has grown by
         ``flush_rows // 2`` rows, keeping the ``flush_rows // 2`` most recently written
     stale_cos : a cooling row is re-indexed when cos(indexed vector, content) is below this
+    rebuild_ratio : a graph is rebuilt when its deleted labels outnumber ``rebuild_ratio`` times
+        its live ones (each rebuild re-inserts the live rows: 1 / rebuild_ratio inserts per
+        deletion, amortised)
     num_threads : threads over the batch elements
     seed : hnswlib's random seed (level generation)
     """
 
     def __init__(self, memory, written, m=16, ef_construction=64, ef=32, overfetch=8,
-                 flush_rows=512, stale_cos=0.98, num_threads=2, seed=0, capacity=1024):
+                 flush_rows=512, stale_cos=0.98, rebuild_ratio=1.0, num_threads=2, seed=0, capacity=1024):
         super().__init__(memory, written)
+        m, ef_construction, ef = (check_int(name, v) for name, v in
+                                  (("m", m), ("ef_construction", ef_construction), ("ef", ef)))
+        overfetch = check_int("overfetch", overfetch, minimum=0)
+        flush_rows = check_int("flush_rows", flush_rows, minimum=2)
+        num_threads = check_int("num_threads", num_threads)
+        capacity = check_int("capacity", capacity)
+        checks = (("stale_cos", stale_cos, lambda x: -1 <= x <= 1, "in [-1, 1]"),
+                  ("rebuild_ratio", rebuild_ratio, lambda x: 0 < x < np.inf, "> 0 and finite"))
+        for name, v, ok, what in checks:
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not ok(v):
+                raise ValueError(f"{name} must be a number {what}, got {v!r}")
         self.m, self.ef_construction, self.ef = m, ef_construction, ef
         self.overfetch, self.flush_rows, self.stale_cos = overfetch, flush_rows, stale_cos
+        self.rebuild_ratio = rebuild_ratio
         self.seed, self.capacity = seed, capacity
         b, n, _ = memory.shape
         self.row_label = lazy_zeros((b, n), np.int64)  # label + 1 of a row's live label
@@ -221,7 +237,7 @@ class HNSWIndex(Index):
         rowset_clear(buf.flags[b], buf.members[b], count)
         buf.counts[b] = rowset_add(buf.flags[b], buf.members[b], 0, rows[hot | ~nonzero])
         self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.flush_rows - self.flush_rows // 2)
-        if g.deleted > max(g.live, 4 * self.flush_rows):
+        if g.deleted > max(self.rebuild_ratio * g.live, 4 * self.flush_rows):
             self._rebuild(b)
 
     def _rebuild(self, b):
