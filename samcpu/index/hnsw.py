@@ -98,10 +98,10 @@ class HNSWIndex(Index):
         m, ef_construction, ef = (check_int(name, v) for name, v in
                                   (("m", m), ("ef_construction", ef_construction), ("ef", ef)))
         overfetch = check_int("overfetch", overfetch, minimum=0)
-        flush_rows = check_int("flush_rows", flush_rows, minimum=2)
+        flush_rows = check_int("flush_rows", flush_rows)
         num_threads = check_int("num_threads", num_threads)
         capacity = check_int("capacity", capacity)
-        checks = (("stale_cos", stale_cos, lambda x: -1 <= x <= 1, "in [-1, 1]"),
+        checks = (("stale_cos", stale_cos, np.isfinite, "(finite; above 1, every moved row is re-indexed)"),
                   ("rebuild_ratio", rebuild_ratio, lambda x: 0 < x < np.inf, "> 0 and finite"))
         for name, v, ok, what in checks:
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not ok(v):
@@ -253,8 +253,9 @@ class HNSWIndex(Index):
         self.rebuilds += 1
 
     def save(self, directory):
-        """One hnswlib file per batch element plus ``hnsw.npz`` (labels, buffer)."""
-        self.flush()
+        """One hnswlib file per batch element plus ``hnsw.npz`` (labels, the hot tier with each
+        hot row's last write, the clock and the flush points): the index as it is, so a loaded
+        memory's index goes on exactly as this one does (saving changes nothing here)."""
         names = []
         for b, g in enumerate(self.graphs):
             name = f"hnsw_{b}.bin"
@@ -265,6 +266,10 @@ class HNSWIndex(Index):
                       label_counts=np.array([len(x) for x in labels], np.int64),
                       buffer=np.concatenate([self.buffer.rows(b) for b in range(len(self.graphs))]),
                       buffer_counts=self.buffer.counts.copy())
+        arrays["hot_last_write"] = np.concatenate([self.last_write[b, self.buffer.rows(b)]
+                                                   for b in range(len(self.graphs))])
+        arrays["clock"] = np.array([self.clock], np.int64)
+        arrays["flush_at"] = self.flush_at.copy()
         np.savez(os.path.join(directory, "hnsw.npz"), **arrays)
         return names + ["hnsw.npz"]
 
@@ -284,6 +289,8 @@ class HNSWIndex(Index):
         with np.load(os.path.join(directory, "hnsw.npz"), allow_pickle=False) as z:
             label_row, label_counts = z["label_row"], z["label_counts"]
             buffer, buffer_counts = z["buffer"], z["buffer_counts"]
+            # the hot tier's order (saves before the two-tier index have none: rows restamped)
+            order = {name: z[name] for name in ("hot_last_write", "clock", "flush_at") if name in z.files}
         for name, arr in (("label_row", label_row), ("label_counts", label_counts), ("buffer", buffer),
                           ("buffer_counts", buffer_counts)):
             if arr.dtype.kind not in "iu" or arr.ndim != 1:
@@ -298,6 +305,17 @@ class HNSWIndex(Index):
             raise ValueError("hnsw.npz holds rows outside the memory")
         if buffer.size and (buffer.max() >= n or buffer.min() < 0):
             raise ValueError("hnsw.npz holds hot rows outside the memory")
+        if order:
+            if len(order) != 3 or any(a.dtype.kind not in "iu" or a.ndim != 1 for a in order.values()):
+                raise ValueError("hnsw.npz: hot_last_write, clock and flush_at must be integer vectors")
+            clock = order["clock"]
+            if clock.shape != (1,) or not 0 <= clock[0] < 2**62:
+                raise ValueError("hnsw.npz: clock is not one count in [0, 2**62)")
+            if order["hot_last_write"].shape != buffer.shape or (buffer.size and (
+                    order["hot_last_write"].min() < 0 or order["hot_last_write"].max() > clock[0])):
+                raise ValueError("hnsw.npz: hot_last_write does not match the hot rows and the clock")
+            if order["flush_at"].shape != (n_batch,) or order["flush_at"].min(initial=0) < 0:
+                raise ValueError("hnsw.npz: flush_at does not match the batch size")
         lo = np.concatenate([[0], np.cumsum(label_counts)])
         bo = np.concatenate([[0], np.cumsum(buffer_counts)])
         for b in range(n_batch):  # check everything before building anything
@@ -323,7 +341,14 @@ class HNSWIndex(Index):
         pad = np.full((len(self.graphs), max(1, int(buffer_counts.max(initial=0)))), -1, np.int64)
         for b in range(len(self.graphs)):
             pad[b, : buffer_counts[b]] = buffer[bo[b]:bo[b + 1]]
-        self.update(pad)
+        if not order:
+            self.update(pad)
+            return
+        self.buffer.add(pad)
+        for b in range(n_batch):
+            self.last_write[b, buffer[bo[b]:bo[b + 1]]] = order["hot_last_write"][bo[b]:bo[b + 1]]
+        self.clock = int(order["clock"][0])
+        self.flush_at[:] = np.minimum(order["flush_at"], self.buffer.counts + self.flush_rows)
 
     def reset(self):
         for b, g in enumerate(self.graphs):
