@@ -135,7 +135,8 @@ def memory_run(n, rows, seed):
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     rss0 = rss_now()
     mem = samcpu.SparseMemory(1, n, W, num_heads=4, k=4, index="hnsw", index_options=OPTIONS)
-    one, zero, beta = np.ones((1, 4), np.float32), np.zeros((1, 4), np.float32), np.full((1, 4), 5, np.float32)
+    one, zero = np.ones((1, 4), np.float32), np.zeros((1, 4), np.float32)
+    beta = np.full((1, 4), 5, np.float32)
     for t in range(rows // 4):
         x = rng.normal(size=(2, 1, 4, W)).astype(np.float32)
         mem.step(x[0], beta, x[1], one, zero)
@@ -204,7 +205,8 @@ def main():
         b = summary(bare)
         print(f"{'bare hnswlib, 1 thread':24s}{b['mean_ms']:9.3f}{b['median_ms']:9.3f}{b['p90_ms']:9.3f}")
         for r in rows:
-            print(f"{'samcpu N=%.3g' % r['n']:24s}{r['mean_ms']:9.3f}{r['median_ms']:9.3f}{r['p90_ms']:9.3f}"
+            label = f"samcpu N={r['n']:.3g}"
+            print(f"{label:24s}{r['mean_ms']:9.3f}{r['median_ms']:9.3f}{r['p90_ms']:9.3f}"
                   f"  {r['written_rows']:12d}  {r['index']['live']}+{r['index']['deleted']}del  "
                   f"{r['rss_growth_mib']:.0f} MiB")
         print(f"samcpu/bare at N=1e6 (means): {out['cost']['ratio_mean_1e6']:.2f}; "
@@ -226,16 +228,22 @@ def main():
     if "memory" not in args.skip:
         runs = [memory_run(n, r, seed=4) for n in (1_000_000, 100_000_000) for r in (8192, 32768)]
         out["memory"] = dict(runs=runs)
-        print("\nresident memory after writing R rows (B=1, H=4, W=32; memory rows, ring, written set, index)")
+        print("\nresident memory after writing R rows "
+              "(B=1, H=4, W=32; memory rows, ring, written set, index)")
         print(f"{'N':>14s}{'rows written':>14s}{'RSS growth MiB':>16s}{'bytes per row':>15s}  index")
         for r in runs:
-            print(f"{r['n']:>14,d}{r['rows_written']:>14,d}{r['rss_growth_mib']:>16.1f}{r['bytes_per_row']:>15,.0f}  {r['index']}")
+            print(f"{r['n']:>14,d}{r['rows_written']:>14,d}{r['rss_growth_mib']:>16.1f}"
+                  f"{r['bytes_per_row']:>15,.0f}  {r['index']}")
         at_1e6, at_1e8 = runs[0:2], runs[2:4]  # each: R = 8,192 then 32,768
-        out["memory"]["growth_ratio_rows_4x"] = [b["rss_growth_mib"] / a["rss_growth_mib"] for a, b in (at_1e6, at_1e8)]
-        out["memory"]["growth_ratio_n_100x"] = [b["rss_growth_mib"] / a["rss_growth_mib"] for a, b in zip(at_1e6, at_1e8)]
-        print(f"growth for 4x the rows: {out['memory']['growth_ratio_rows_4x'][0]:.2f} (N=1e6), "
-              f"{out['memory']['growth_ratio_rows_4x'][1]:.2f} (N=1e8); for 100x the slots: "
-              f"{out['memory']['growth_ratio_n_100x'][0]:.2f} (R=8,192), {out['memory']['growth_ratio_n_100x'][1]:.2f} (R=32,768)")
+        growth = out["memory"]
+        growth["growth_ratio_rows_4x"] = [b["rss_growth_mib"] / a["rss_growth_mib"]
+                                          for a, b in (at_1e6, at_1e8)]
+        growth["growth_ratio_n_100x"] = [b["rss_growth_mib"] / a["rss_growth_mib"]
+                                         for a, b in zip(at_1e6, at_1e8, strict=True)]
+        print(f"growth for 4x the rows: {growth['growth_ratio_rows_4x'][0]:.2f} (N=1e6), "
+              f"{growth['growth_ratio_rows_4x'][1]:.2f} (N=1e8); for 100x the slots: "
+              f"{growth['growth_ratio_n_100x'][0]:.2f} (R=8,192), "
+              f"{growth['growth_ratio_n_100x'][1]:.2f} (R=32,768)")
     write_json(args.out, out)
     print(f"wrote {args.out}")
 

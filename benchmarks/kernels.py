@@ -56,7 +56,8 @@ def same_state(a, b):
     (sa, ea, pa), (sb, eb, pb) = a, b
     if pa != pb or not np.array_equal(ea[:, [0, 1, 3]], eb[:, [0, 1, 3]]):
         return False
-    return all(all(np.array_equal(x, y) for x, y in zip(u, v)) for u, v in zip(sa, sb))
+    return all(all(np.array_equal(x, y) for x, y in zip(u, v, strict=True))
+               for u, v in zip(sa, sb, strict=True))
 
 
 def bench_one(n, args, tmp):

@@ -3,6 +3,7 @@
 One copy of each, so every layer speaks the same error language (``ValueError`` naming the
 argument) and every file a save writes appears by one atomic rename.
 """
+import contextlib
 import os
 import tempfile
 
@@ -67,10 +68,8 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        except FileNotFoundError:
-            pass
         raise
     fsync_dir(directory)
 

@@ -15,10 +15,7 @@ def random_step_inputs(rng, batch_size, num_heads, word_size, pool=None, dtype=n
     query = rng.normal(size=(b, h, w))
     query[rng.random((b, h)) < 0.1] = 0.0
     strength = rng.uniform(0.5, 20.0, size=(b, h))
-    if pool is None:
-        add = rng.normal(size=(b, h, w))
-    else:
-        add = pool[rng.integers(len(pool), size=(b, h))]
+    add = rng.normal(size=(b, h, w)) if pool is None else pool[rng.integers(len(pool), size=(b, h))]
     write_gate = rng.uniform(size=(b, h))
     interp_gate = rng.uniform(size=(b, h))
     special = rng.random((b, h))

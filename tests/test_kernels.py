@@ -94,7 +94,7 @@ def test_ring_matches_naive_lra_and_undoes_exactly(n, h, seed):
     for before, records in reversed(history):
         for rec in records[::-1]:
             K.ring_untouch(usage, prev, nxt, ends, rec)
-        for x, y in zip((usage, prev, nxt, ends[[0, 1, 3]]), before):
+        for x, y in zip((usage, prev, nxt, ends[[0, 1, 3]]), before, strict=True):
             np.testing.assert_array_equal(x, y)
 
 
@@ -121,9 +121,11 @@ def test_sparse_write_journal_swap_round_trip(seed, dtype):
     for i in range(h):
         for j in range(k):
             if prev_rows[i, j] >= 0:
-                want[prev_rows[i, j]] += float(alpha[i]) * float(gamma[i]) * float(prev_w[i, j]) * add[i].astype(np.float64)
+                want[prev_rows[i, j]] += (float(alpha[i]) * float(gamma[i]) * float(prev_w[i, j])
+                                          * add[i].astype(np.float64))
         want[lra[i]] += float(alpha[i]) * (1.0 - float(gamma[i])) * add[i].astype(np.float64)
-    np.testing.assert_allclose(mem, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6 if dtype == np.float32 else 1e-12)
+    single = dtype == np.float32
+    np.testing.assert_allclose(mem, want, rtol=1e-5 if single else 1e-12, atol=1e-6 if single else 1e-12)
     written = mem.copy()
     K.journal_swap(mem, jrows, cnt, jold)
     np.testing.assert_array_equal(mem, original)

@@ -15,6 +15,7 @@ CASES = [
     (1, 8, 2, 4, 8, 30, True),
     (2, 40, 6, 4, 8, 60, True),
     (1, 3, 2, 3, 3, 20, True),
+    (2, 300, 4, 2, 3, 15, True),  # too few steps to fill the memory: the LRA never recycles
 ]
 
 
@@ -33,6 +34,8 @@ def run_pair(rng, b, n, w, h, k, steps, pooled, dtype=np.float64):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_step_equals_naive(case, seed):
     rng = np.random.default_rng(seed)
+    b, n, _, h, k, steps, _ = case
+    before = np.zeros((b, n), np.int64)  # the reference's usage before each step
     recycled = False
     for t, mem, ref, got, want in run_pair(rng, *case):
         np.testing.assert_array_equal(got.rows, want.rows, err_msg=f"rows differ at step {t + 1}")
@@ -40,9 +43,13 @@ def test_step_equals_naive(case, seed):
         np.testing.assert_allclose(got.reads, want.reads, rtol=0, atol=1e-10)
         np.testing.assert_allclose(mem.memory, ref.memory, rtol=0, atol=1e-10)
         np.testing.assert_array_equal(mem.usage, ref.usage, err_msg=f"usage differs at step {t + 1}")
-        recycled |= bool((ref.usage > 0).all())
-    assert mem.position == case[5]
-    assert recycled or case[1] >= 40  # small memories fill up, so the LRA recycles rows
+        # the LRA takes a row used before iff fewer than H rows were never used
+        recycled |= bool(((before == 0).sum(axis=1) < h).any())
+        before = ref.usage.copy()
+    assert mem.position == steps
+    # a step accesses at most H LRA rows and H*K read rows, so a memory with more than that many
+    # rows never recycles; every smaller case here fills up, so its LRA recycles rows
+    assert recycled == (steps * h * (k + 1) > n - h)
 
 
 def test_duplicate_rows_and_ties_resolve_to_lower_row():
@@ -59,8 +66,9 @@ def test_duplicate_rows_and_ties_resolve_to_lower_row():
 def test_float32_matches_naive_closely():
     rng = np.random.default_rng(7)
     for t, mem, ref, got, want in run_pair(rng, 2, 10, 4, 2, 3, 30, False, np.float32):
-        np.testing.assert_array_equal(got.rows, want.rows)
+        np.testing.assert_array_equal(got.rows, want.rows, err_msg=f"rows differ at step {t + 1}")
         np.testing.assert_allclose(got.reads, want.reads, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(mem.memory, ref.memory, rtol=0, atol=1e-4)
     assert mem.memory.dtype == np.float32
 
 
@@ -68,5 +76,7 @@ def test_parallel_blocks_of_the_exact_index_equal_naive(monkeypatch):
     monkeypatch.setattr(samcpu.index.ExactIndex, "block", 3)  # many blocks, split mid-batch
     rng = np.random.default_rng(9)
     for t, mem, ref, got, want in run_pair(rng, 3, 30, 4, 3, 4, 40, True):
-        np.testing.assert_array_equal(got.rows, want.rows)
+        np.testing.assert_array_equal(got.rows, want.rows, err_msg=f"rows differ at step {t + 1}")
         np.testing.assert_allclose(got.reads, want.reads, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(mem.memory, ref.memory, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(mem.usage, ref.usage, err_msg=f"usage differs at step {t + 1}")

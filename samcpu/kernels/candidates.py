@@ -21,8 +21,9 @@ def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint
     batch elements can run in threads beside their index searches).
 
     memory (N, W); cand (H, C) int64 index proposals, -1 = none (each is scored for every
-    head; rows in the buffer are skipped there: the buffer scores them); buf_flags (N,) uint8 and buf_rows[:buf_count]:
-    the exact buffer; flags (N,) uint8 and hint (1,): the written rows; queries (H, W).
+    head; rows in the buffer are skipped there: the buffer scores them); buf_flags (N,) uint8
+    and buf_rows[:buf_count]: the exact buffer; flags (N,) uint8 and hint (1,): the written
+    rows; queries (H, W).
     Writes out_rows (H, k) int64 and out_sims (H, k) float64, ordered by (-sim, row).
     """
     n_heads = queries.shape[0]

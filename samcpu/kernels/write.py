@@ -97,7 +97,8 @@ def accessed_rows(lra, prev_rows, prev_weights, write_gate, interp_gate, rows, w
         gamma = np.float64(interp_gate[h])
         for j in range(prev_rows.shape[1]):
             if prev_rows[h, j] >= 0:
-                n = _accumulate(cand, total, n, prev_rows[h, j], alpha * gamma * np.float64(prev_weights[h, j]))
+                n = _accumulate(cand, total, n, prev_rows[h, j],
+                                alpha * gamma * np.float64(prev_weights[h, j]))
         n = _accumulate(cand, total, n, lra[h], alpha * (1.0 - gamma))
     for h in range(n_heads):
         for j in range(k):
