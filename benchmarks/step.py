@@ -17,7 +17,9 @@ What is measured
   sequences (numba compile, page faults), then --repeats timed sequences, each with a fresh
   state (state=None: SAM resets and reuses its memory), of forward (T steps) + loss + backward
   + optimizer step. Reported: median ms per step (sequence time / T) of the whole, of the
-  forward alone and of the backward alone.
+  forward alone and of the backward alone, and the median CPU ms per step of the whole (the
+  process's CPU time, all threads: on a loaded machine wall time grows with the other
+  processes' load, CPU time much less; derived ratios are given for both).
   DAM: its cost per step is independent of T and grows with N, so its warm-up sequences
   are 2 steps long (they also estimate its cost per step); if T steps do not fit in half the
   budget, or their autograd graph (estimated at samcpu.bench.DAM_BYTES_PER_SLOT_STEP bytes per
@@ -69,7 +71,9 @@ def build_model(kind, n):
 
 
 def sequence(model, opt, x, target):
-    """One training sequence; returns (forward, backward, total) seconds."""
+    """One training sequence; returns (forward, backward, total) wall seconds and the total CPU
+    seconds of this process (all its threads: on a shared machine, less sensitive to the load)."""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     y, state = model(x)  # state=None: a fresh state
     t1 = time.perf_counter()
@@ -80,8 +84,9 @@ def sequence(model, opt, x, target):
     opt.step()
     opt.zero_grad(set_to_none=True)
     t4 = time.perf_counter()
+    c4 = time.process_time()
     del y, state, loss
-    return t1 - t0, t3 - t2, t4 - t0
+    return t1 - t0, t3 - t2, t4 - t0, c4 - c0
 
 
 def run_config(kind, n, args, gen, predicted_step_s=None):
@@ -124,11 +129,11 @@ def run_config(kind, n, args, gen, predicted_step_s=None):
                    f"(> --dam-limit {args.dam_limit / 1e9:g} GB)")
             res["note"] = f"T shortened from {args.steps} to {steps}: {why}"
     res["steps"] = steps
-    fwd, bwd, tot, memories = [], [], [], set()
+    fwd, bwd, tot, cpu, memories = [], [], [], [], set()
     t_timed = time.perf_counter()
     for _ in range(args.repeats):
-        a, b, c = sequence(model, opt, *batch(steps, args.batch, gen))
-        fwd.append(a), bwd.append(b), tot.append(c)
+        a, b, c, d = sequence(model, opt, *batch(steps, args.batch, gen))
+        fwd.append(a), bwd.append(b), tot.append(c), cpu.append(d)
         if kind == "SAM":  # the pool (public SparseAccess.memory) keeps them alive: ids are distinct
             memories.add(id(model.access.memory))
         elapsed = time.perf_counter() - t_timed
@@ -141,6 +146,7 @@ def run_config(kind, n, args, gen, predicted_step_s=None):
         return float(1e3 * np.median(v) / steps)
 
     res.update(repeats=len(tot), ms_per_step=ms(tot), fwd_ms_per_step=ms(fwd), bwd_ms_per_step=ms(bwd),
+               cpu_ms_per_step=ms(cpu),
                seq_ms=[1e3 * v for v in tot], config_s=time.perf_counter() - t_start,
                rss_growth_mib=(rss_now() - rss0) / 2**20)
     del model, opt
@@ -195,7 +201,7 @@ def main():
     print(f"one training step (forward + BCE loss + backward + RMSprop), B={args.batch}, W={W}, H={H}, "
           f"K={K}, LSTM {HIDDEN}, T={args.steps}, threads={args.threads}", flush=True)
     head = (f"{'model':8s}{'N':>11s}{'T':>4s}{'reps':>5s}{'ms/step':>10s}{'fwd ms':>9s}{'bwd ms':>9s}"
-            f"{'config s':>9s}  note")
+            f"{'CPU ms':>10s}{'config s':>9s}  note")
     print(head, flush=True)
 
     def show(r):
@@ -206,7 +212,8 @@ def main():
         if r.get("memories_used") is not None:
             note = f"{r['memories_used']} memories used in {r['repeats']} timed sequences " + note
         print(f"{r['model']:8s}{r['n']:11,d}{r['steps']:4d}{r['repeats']:5d}{r['ms_per_step']:10.3f}"
-              f"{r['fwd_ms_per_step']:9.3f}{r['bwd_ms_per_step']:9.3f}{r['config_s']:9.1f}  {note}",
+              f"{r['fwd_ms_per_step']:9.3f}{r['bwd_ms_per_step']:9.3f}{r['cpu_ms_per_step']:10.3f}"
+              f"{r['config_s']:9.1f}  {note}",
               flush=True)
 
     # compile every numba kernel (and warm torch) once, before any configuration is timed
@@ -268,8 +275,10 @@ def main():
     for n in sorted(dam):
         if n in sam:
             v = dam[n]["ms_per_step"] / sam[n]["ms_per_step"]
+            c = dam[n]["cpu_ms_per_step"] / sam[n]["cpu_ms_per_step"]
             derived[f"dam_over_sam_{n}"] = v
-            print(f"DAM/SAM at N={n:,d} (both measured): {v:,.0f}x")
+            derived[f"dam_over_sam_cpu_{n}"] = c
+            print(f"DAM/SAM at N={n:,d} (both measured): {v:,.0f}x wall, {c:,.0f}x CPU time")
     if len(dam) >= 2:
         a, b = sorted(dam)[:2]
         v = (dam[b]["ms_per_step"] / dam[a]["ms_per_step"]) / (b / a)
@@ -278,9 +287,12 @@ def main():
     for n in sorted(old):
         if n in dam:
             v = old[n]["ms_per_step"] / dam[n]["ms_per_step"]
+            c = old[n]["cpu_ms_per_step"] / dam[n]["cpu_ms_per_step"]
             derived[f"old_dam_over_dam_{n}"] = v
-            print(f"old DAM (tests/dense_ref.py) / DAM at N={n:,d}: {v:.1f}x "
-                  f"({old[n]['ms_per_step']:,.0f} against {dam[n]['ms_per_step']:,.0f} ms per step)")
+            derived[f"old_dam_over_dam_cpu_{n}"] = c
+            print(f"old DAM (tests/dense_ref.py) / DAM at N={n:,d}: {v:.1f}x wall "
+                  f"({old[n]['ms_per_step']:,.0f} against {dam[n]['ms_per_step']:,.0f} ms per step), "
+                  f"{c:.1f}x CPU time")
     out["derived"] = derived
 
     if not args.no_profile:

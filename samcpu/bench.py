@@ -56,16 +56,17 @@ def random_bits(steps, batch, gen):
 
 
 def train_sequence(model, opt, steps, batch, gen):
-    """One fresh-state training sequence; returns its wall seconds."""
+    """One fresh-state training sequence; returns its (wall, CPU) seconds (CPU: this process,
+    all threads; on a shared machine it depends much less on the others' load)."""
     from torch.nn import functional as F
 
     x, target = random_bits(steps, batch, gen)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     y, _ = model(x)
     F.binary_cross_entropy_with_logits(y, target).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _model_and_optimiser(kind, n):
@@ -76,10 +77,12 @@ def _model_and_optimiser(kind, n):
 
 
 def step_time(kind, n, batch, steps, repeats):
-    """Median seconds per training step (sequences of ``steps`` steps, after one warm-up)."""
+    """Median (CPU, wall) seconds per training step (sequences of ``steps`` steps, after one
+    warm-up)."""
     model, opt, gen = _model_and_optimiser(kind, n)
     train_sequence(model, opt, steps, batch, gen)
-    return float(np.median([train_sequence(model, opt, steps, batch, gen) for _ in range(repeats)]) / steps)
+    wall, cpu = zip(*(train_sequence(model, opt, steps, batch, gen) for _ in range(repeats)), strict=True)
+    return float(np.median(cpu)) / steps, float(np.median(wall)) / steps
 
 
 def peak_memory_worker(kind, n, steps):
@@ -94,17 +97,18 @@ def peak_memory_worker(kind, n, steps):
 
 def _worker(what, args, timeout=None, threads=1):
     """Run ``python -m samcpu.bench --worker WHAT THREADS ARGS...`` in a fresh process and return
-    the number it prints, or None when it times out or fails (e.g. killed for memory; the reason is
-    printed). Each measurement gets its own process so that none inherits another's heap."""
+    the numbers it prints on its last line (a list; the last is the measurement, the time worker
+    prints CPU then wall seconds), or None when it times out or fails (e.g. killed for memory; the
+    reason is printed). Each measurement gets its own process so that none inherits another's heap."""
     cmd = [sys.executable, "-m", "samcpu.bench", "--worker", what, str(threads), *map(str, args)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
-        return float(out.stdout.split()[-1])
+        return [float(v) for v in out.stdout.strip().splitlines()[-1].split()]
     except subprocess.TimeoutExpired:
         why = f"timed out after {timeout:g} s"
     except subprocess.CalledProcessError as e:
         why = f"exit {e.returncode}: {e.stderr.strip()[-300:]}"
-    except (IndexError, ValueError):
+    except (IndexError, ValueError):  # no line, or not numbers
         why = f"printed no number: {out.stdout.strip()[-300:]!r}"
     print(f"  {what} worker {args} failed ({why})", file=sys.stderr)
     return None
@@ -112,7 +116,7 @@ def _worker(what, args, timeout=None, threads=1):
 
 def peak_memory(kind, n, steps, timeout):
     peak = _worker("memory", (kind, n, steps), timeout)
-    return None if peak is None else int(peak)
+    return None if peak is None else int(peak[-1])
 
 
 def fit_loglog(ns, values):
@@ -140,7 +144,9 @@ def scaling(args):
                 secs = _worker("time", (kind, n, args.batch, args.steps, args.repeats), args.timeout,
                                threads=args.torch_threads)
                 if secs is not None:
-                    row["ms_per_step"] = 1e3 * secs
+                    row["ms_per_step"] = 1e3 * secs[-1]
+                    if len(secs) > 1:
+                        row["cpu_ms_per_step"] = 1e3 * secs[0]
                 failed = [what for what, v in (("memory", peak), ("time", secs)) if v is None]
                 if failed:
                     row["failed"] = failed  # the worker's reason was printed
@@ -151,14 +157,14 @@ def scaling(args):
     res["loadavg_end"] = os.getloadavg()
     measured = [r for r in res["dam"] if "skipped" not in r]
     if len(measured) >= 2:
-        for key in ("ms_per_step", "peak_mib"):
+        for key in ("ms_per_step", "cpu_ms_per_step", "peak_mib"):
             pts = [(r["n"], r[key]) for r in measured if r.get(key)]
             if len(pts) >= 2:
                 res[f"dam_fit_{key}"] = fit_loglog(*zip(*pts, strict=True))
     print("\nSAM / DAM (DAM measured where it ran, from the fitted line beyond, marked *):")
     for s, d in zip(res["sam"], res["dam"], strict=True):
         parts = []
-        for key, label in (("ms_per_step", "time"), ("peak_mib", "memory")):
+        for key, label in (("ms_per_step", "time"), ("cpu_ms_per_step", "CPU time"), ("peak_mib", "memory")):
             if d.get(key) and s.get(key):
                 ratio, mark = d[key] / s[key], ""
             elif f"dam_fit_{key}" in res and s.get(key):
@@ -238,4 +244,5 @@ if __name__ == "__main__":
         what, threads, kind, *nums = sys.argv[2:]
         torch.set_num_threads(int(threads))
         fn = dict(memory=peak_memory_worker, time=step_time)[what]
-        print(fn(kind, *map(int, nums)))
+        result = fn(kind, *map(int, nums))
+        print(*(result if isinstance(result, tuple) else (result,)))
