@@ -425,3 +425,161 @@ def read_backward(memory_rows, query, strength, grad_reads, eps=1e-6):
             grad_rows[kk, j] = (loss(rp, q_v, beta) - loss(rm, q_v, beta)) / (2.0 * step)
 
     return grad_query, float(grad_strength), grad_rows
+
+
+# ---------------------------------------------------------------------------
+# DESIGN.md section 5: the SDNC's sparse temporal links, as dense N x N matrices
+#
+# Links are dense float64 matrices holding values of the storage dtype: N_h[i, j]
+# ("row i was written just after row j") and P_h[j, i] (the same relation seen from
+# j); precedence p_h is a dense vector. A zero is "no entry". Every value is
+# computed in float64 and rounded to the storage dtype before it is ranked; a row
+# keeps its K_L largest non-zero entries, ties to the lower index. These are the
+# oracles of samcpu.kernels.links (same names).
+# ---------------------------------------------------------------------------
+
+__all__ += ["merge_weights", "link_update_before", "link_update_after", "precedence_update",
+            "directional_weights", "mix_modes", "NaiveLinks"]
+
+
+def _to_dtype(value, dtype):
+    """``value`` rounded to ``dtype``, as a Python float."""
+    return float(np.asarray(value, dtype=np.float64).astype(dtype))
+
+
+def _keep_largest(values, k, candidates=None):
+    """Indices of the ``k`` largest entries of ``values`` by (-value, index).
+
+    ``candidates``: the indices that may be kept (default: the non-zero entries)."""
+    if candidates is None:
+        candidates = [i for i in range(len(values)) if values[i] != 0.0]
+    return sorted(candidates, key=lambda i: (-values[i], i))[:k]
+
+
+def _prune_row(row, k):
+    """Zero all but the ``k`` largest non-zero entries of ``row`` (in place)."""
+    keep = set(_keep_largest(row, k))
+    for i in range(len(row)):
+        if i not in keep:
+            row[i] = 0.0
+
+
+def merge_weights(rows, weights, num_slots):
+    """w^W_h as a dense vector: ``w[i] += weight`` over the write in its order (rows < 0
+    skipped). Returns (w (N,) float64, written rows ascending with w > 0)."""
+    w = np.zeros(num_slots)
+    for r, x in zip(rows, weights, strict=True):
+        if r >= 0:
+            w[r] += float(x)
+    return w, [i for i in range(num_slots) if w[i] > 0]
+
+
+def link_update_before(links, p, w, link_k, dtype=np.float64):
+    """Step 6 on dense N_h: for every i with w[i] > 0 and every j != i,
+    N[i, j] = (1 - w[i]) N[i, j] + w[i] p[j], then prune row i. Returns a new matrix."""
+    n = len(w)
+    out = np.array(links, dtype=np.float64)
+    for i in range(n):
+        if w[i] > 0:
+            for j in range(n):
+                if j != i:
+                    out[i, j] = _to_dtype((1.0 - w[i]) * out[i, j] + w[i] * p[j], dtype)
+            _prune_row(out[i], link_k)
+    return out
+
+
+def link_update_after(links, p, w, link_k, dtype=np.float64):
+    """Step 6 on dense P_h: for every j with p[j] > 0 and every i != j with w[i] > 0,
+    P[j, i] = (1 - w[i]) P[j, i] + w[i] p[j], then prune row j (only rows j with p[j] > 0,
+    and only if something was written). Returns a new matrix."""
+    n = len(w)
+    out = np.array(links, dtype=np.float64)
+    if not any(w[i] > 0 for i in range(n)):
+        return out
+    for j in range(n):
+        if p[j] > 0:
+            for i in range(n):
+                if i != j and w[i] > 0:
+                    out[j, i] = _to_dtype((1.0 - w[i]) * out[j, i] + w[i] * p[j], dtype)
+            _prune_row(out[j], link_k)
+    return out
+
+
+def precedence_update(p, w, link_k, dtype=np.float64):
+    """Step 7 on dense p_h: p = (1 - sum_i w[i]) p + w (the sum over i ascending), then keep
+    the K_L largest non-zero entries. Returns a new vector."""
+    total = 0.0
+    for i in range(len(w)):
+        total += w[i]
+    out = np.array([_to_dtype((1.0 - total) * p[i] + w[i], dtype) for i in range(len(w))])
+    _prune_row(out, link_k)
+    return out
+
+
+def directional_weights(links, prev_rows, prev_weights, link_k, dtype=np.float64):
+    """Step 8's f_h (links = P_h) or b_h (links = N_h) on dense matrices.
+
+    x = sum over the listed previous rows j (in their order) of w(j) links[j], rounded to
+    ``dtype``; the candidates are the rows i with links[j, i] != 0 for a listed j (even when
+    x(i) = 0); the K_L largest by (-x(i), i) are kept. Returns (x (N,) with zeros outside the
+    kept rows, kept rows in order)."""
+    links = np.asarray(links, dtype=np.float64)
+    n = links.shape[0]
+    x = np.zeros(n)
+    reached = set()
+    for j, wj in zip(prev_rows, prev_weights, strict=True):
+        if j < 0:
+            continue
+        for i in range(n):
+            x[i] += float(wj) * links[j, i]
+            if links[j, i] != 0.0:
+                reached.add(i)
+    x = np.array([_to_dtype(v, dtype) for v in x])
+    kept = _keep_largest(x, link_k, sorted(reached))
+    out = np.zeros(n)
+    out[kept] = x[kept]
+    return out, kept
+
+
+def mix_modes(content_rows, content_weights, back, back_kept, fwd, fwd_kept, modes, dtype=np.float64):
+    """Step 8's read weights on dense vectors: w = pi_b b + pi_c c + pi_f f, rounded to ``dtype``.
+
+    Returns (w (N,) dense, support): the support is the content rows in order, then the kept
+    backward rows not among them, then the kept forward rows not among those."""
+    n = len(back)
+    c = np.zeros(n)
+    for r, x in zip(content_rows, content_weights, strict=True):
+        if r >= 0:
+            c[r] = float(x)
+    pb, pc, pf = (float(m) for m in modes)
+    w = np.array([_to_dtype(pb * back[i] + pc * c[i] + pf * fwd[i], dtype) for i in range(n)])
+    support = [r for r in content_rows if r >= 0]
+    support += [r for r in back_kept if r not in support]
+    support += [r for r in fwd_kept if r not in support]
+    return w, support
+
+
+class NaiveLinks:
+    """The link state of one head (dense N_h, P_h, p_h) stepped by DESIGN.md section 5."""
+
+    def __init__(self, num_slots, link_k, dtype=np.float64):
+        self.num_slots, self.link_k, self.dtype = num_slots, link_k, dtype
+        self.before = np.zeros((num_slots, num_slots))  # N_h
+        self.after = np.zeros((num_slots, num_slots))  # P_h
+        self.precedence = np.zeros(num_slots)  # p_h
+
+    def write(self, rows, weights):
+        """Steps 6-7 for a write of ``weights`` at ``rows`` (repeats summed, -1 skipped)."""
+        w, _ = merge_weights(rows, weights, self.num_slots)
+        p = self.precedence
+        self.before = link_update_before(self.before, p, w, self.link_k, self.dtype)
+        self.after = link_update_after(self.after, p, w, self.link_k, self.dtype)
+        self.precedence = precedence_update(p, w, self.link_k, self.dtype)
+
+    def read(self, prev_rows, prev_weights, content_rows, content_weights, modes):
+        """Step 8: returns (w^R dense, support, (b, b kept), (f, f kept))."""
+        k = self.link_k
+        b, b_kept = directional_weights(self.before, prev_rows, prev_weights, k, self.dtype)
+        f, f_kept = directional_weights(self.after, prev_rows, prev_weights, k, self.dtype)
+        w, support = mix_modes(content_rows, content_weights, b, b_kept, f, f_kept, modes, self.dtype)
+        return w, support, (b, b_kept), (f, f_kept)
