@@ -30,25 +30,28 @@ from torch.nn import functional as F
 from ._util import atomic_write, parse_int
 from .memory import MAX_SLOTS
 from .nn import DAM, SAM
-from .tasks import Curriculum, bits_error, make_task
+from .tasks import DATA_TASKS, Curriculum, DataError, bits_error, make_task, masked_cross_entropy
 
 CSV_FIELDS = ["episode", "level", "max_level", "loss", "bits_error", "ms_per_step", "seconds"]
 
 #: the task parameter that --max-level sets (the task's hardest level)
-MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_items"}
+MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_items",
+                   "omniglot": "max_characters"}
 
 #: the defaults of the arguments (None in the parser, so that a resumed run can tell the
 #: arguments given from those left out)
 DEFAULTS = dict(task="copy", model="sam", slots=1_000_000, batch=8, max_level=None, steps=10_000,
                 minutes=None, lr=3e-4, momentum=0.9, clip=10.0, hidden=100, word=32, heads=4, k=4,
                 index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0, threads=2, torch_threads=1,
-                checkpoint_every=200)
+                checkpoint_every=200, data=None)
+#: defaults that differ by task (their curriculum error is a share of answers, not bits)
+TASK_DEFAULTS = {"omniglot": dict(threshold=0.1)}
 
 #: arguments that define a run: a resumed run refuses other values than its checkpoint's
 RUN_ARGS = ("task", "model", "slots", "batch", "max_level", "hidden", "word", "heads", "k", "index",
             "curriculum", "patience", "seed", "momentum")
 #: arguments a resumed run may change (from its next episode on; recorded in the checkpoint)
-RESUMABLE_ARGS = ("steps", "lr", "clip", "threshold", "threads", "torch_threads", "checkpoint_every")
+RESUMABLE_ARGS = ("steps", "lr", "clip", "threshold", "threads", "torch_threads", "checkpoint_every", "data")
 
 CHECKPOINT_KEYS = ("model", "optimizer", "curriculum", "task_rng", "level_rng", "torch_rng", "episode",
                    "args")
@@ -60,11 +63,19 @@ _TRAILER_LEN = len(_TRAILER_HEAD) + 64 + 1
 
 
 def task_of(args, seed):
-    """The task ``args`` describe (``--task``, ``--max-level``), drawing with ``seed``."""
+    """The task ``args`` describe (``--task``, ``--max-level``, ``--data``), drawing with ``seed``."""
+    kwargs = {}
+    if args.task in DATA_TASKS:  # a DataError (not about --max-level) without --data
+        if not getattr(args, "data", None):
+            raise DataError(f"--task {args.task} needs --data DIR (the data set's folder; python -m "
+                            f"samcpu.tasks.synthetic_{args.task} DIR makes a SYNTHETIC one)")
+        kwargs["data"] = args.data
     n = getattr(args, "max_level", None)
     if n is None:
-        return make_task(args.task, seed=seed)
-    kwargs = {MAX_LEVEL_PARAM[args.task]: n}
+        return make_task(args.task, seed=seed, **kwargs)
+    if args.task not in MAX_LEVEL_PARAM:
+        raise ValueError(f"the {args.task} task has no levels")
+    kwargs[MAX_LEVEL_PARAM[args.task]] = n
     if args.task == "sort":
         kwargs["num_outputs"] = min(16, n)
     return make_task(args.task, seed=seed, **kwargs)
@@ -89,11 +100,28 @@ def build(args, task):
     return model, opt, curriculum
 
 
-def episode_loss(model, batch):
-    """Masked binary cross-entropy summed over steps and bits, per sequence; and the logits."""
+def episode_loss(model, batch, kind="bce"):
+    """The masked loss summed over steps, per sequence; and the logits. ``kind`` "bce": binary
+    cross-entropy summed over the bits (copy, recall, sort); "softmax": the cross-entropy of
+    the softmax over the classes (a task's ``loss``: babi, omniglot)."""
     y, _ = model(batch.input)
+    if kind == "softmax":
+        return masked_cross_entropy(y, batch.target, batch.mask), y
     bce = F.binary_cross_entropy_with_logits(y, batch.target, reduction="none").sum(-1)
     return (bce * batch.mask).sum() / batch.input.shape[1], y
+
+
+def task_error(task, logits, batch):
+    """The error the curriculum and the CSV follow: the task's ``error`` (babi, omniglot: a
+    share of wrong answers) or the bits error per sequence."""
+    error = getattr(task, "error", None)
+    return error(logits, batch.target, batch.mask) if error else bits_error(logits, batch.target, batch.mask)
+
+
+def csv_fields(task):
+    """The CSV's columns: ``CSV_FIELDS`` with the task's error (``bits_error`` or ``error``)."""
+    name = getattr(task, "error_name", "bits_error")
+    return [name if f == "bits_error" else f for f in CSV_FIELDS]
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -178,6 +206,8 @@ def _effective(key, value):
 
 
 def _default_max_level(task):
+    if task in DATA_TASKS:
+        return DATA_TASKS[task].default_max_level
     return make_task(task).max_level
 
 
@@ -191,9 +221,10 @@ def resolve_args(args, saved=None):
     given = vars(args)
     out = argparse.Namespace(**given)
     if saved is None:
+        task = given.get("task") or DEFAULTS["task"]
         for key, value in DEFAULTS.items():
             if given.get(key) is None:
-                setattr(out, key, value)
+                setattr(out, key, TASK_DEFAULTS.get(task, {}).get(key, value))
         return out, {}
     mismatches = []
     for key in RUN_ARGS:
@@ -253,6 +284,8 @@ def _check_saved(saved, path):
 
 
 def _check_combination(args):
+    if args.data is not None and args.task not in DATA_TASKS:
+        raise ValueError(f"--data is for --task {' or '.join(sorted(DATA_TASKS))}, not {args.task}")
     if args.model == "sam":
         for key in ("k", "heads"):
             if getattr(args, key) > args.slots:
@@ -262,6 +295,8 @@ def _check_combination(args):
 def _task_for(args, seed):
     try:
         return task_of(args, seed=seed)
+    except DataError:  # it names the folder, file and line
+        raise
     except ValueError as e:
         raise ValueError(f"--max-level {args.max_level}: {e}") from None
 
@@ -310,7 +345,8 @@ def curve_figure(rows, title):
 
     ep = np.array([int(r["episode"]) for r in rows])
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
-    for key, colour in (("loss", "tab:blue"), ("bits_error", "tab:red")):
+    error = "bits_error" if "bits_error" in rows[0] else "error"  # babi, omniglot: a share
+    for key, colour in (("loss", "tab:blue"), (error, "tab:red")):
         v = np.array([float(r[key]) for r in rows])
         w = max(1, len(v) // 100)
         smooth = np.convolve(v, np.ones(w) / w, mode="valid")
@@ -444,6 +480,11 @@ def _train_locked(args, ckpt_path):
     torch.set_num_threads(args.torch_threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     task = _task_for(args, seed=args.seed)
+    if hasattr(task, "describe"):
+        print(task.describe())
+    fields = csv_fields(task)
+    # copy, recall and sort call episode_loss(model, batch) as before
+    loss_options = {} if getattr(task, "loss", "bce") == "bce" else {"kind": task.loss}
     model, opt, curriculum = build(args, task)
     levels = np.random.default_rng(args.seed + 1)
     episode = 0
@@ -469,7 +510,7 @@ def _train_locked(args, ckpt_path):
             resumes.append(dict(episode=episode, changed=changed))
             print(f"resumed at episode {episode:,d} with " + ", ".join(
                 f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
-        kept = _truncate_csv(csv_path, episode)
+        kept = _truncate_csv(csv_path, episode, fields)
         # checkpoints from before "seconds" was stored: the last kept row's clock (which
         # counts from the last resume, if such a run was resumed before)
         elapsed = float(ck.get("seconds", kept[-1]["seconds"] if kept else 0.0))
@@ -494,7 +535,7 @@ def _train_locked(args, ckpt_path):
     try:
         new_file = not os.path.exists(csv_path)
         with open(csv_path, "a", newline="") as out:
-            writer = csv.DictWriter(out, CSV_FIELDS)
+            writer = csv.DictWriter(out, fields)
             if new_file:
                 writer.writeheader()
             bar = progress_bar(args, episode)
@@ -509,21 +550,22 @@ def _train_locked(args, ckpt_path):
                     level = curriculum.sample_level(levels)
                     batch = task.sample(args.batch, level)
                     t0 = time.perf_counter()
-                    loss, logits = episode_loss(model, batch)
+                    loss, logits = episode_loss(model, batch, **loss_options)
                     opt.zero_grad()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                     with interrupts.deferred():  # the episode commits whole, or not at all
                         opt.step()
                         ms = 1e3 * (time.perf_counter() - t0) / batch.input.shape[0]
-                        bits = bits_error(logits, batch.target, batch.mask)
+                        bits = task_error(task, logits, batch)
                         curriculum.update(bits)
                         episode += 1
                         before = None
-                        writer.writerow(dict(episode=episode, level=level, max_level=curriculum.current,
-                                             loss=f"{loss.item():.6g}", bits_error=f"{bits:.6g}",
-                                             ms_per_step=f"{ms:.4g}", seconds=f"{seconds():.3f}"))
-                        _show(bar, args, start, episode, loss=f"{loss.item():.3f}", bits=f"{bits:.2f}",
+                        writer.writerow(dict(zip(fields, (
+                            episode, level, curriculum.current, f"{loss.item():.6g}", f"{bits:.6g}",
+                            f"{ms:.4g}", f"{seconds():.3f}"), strict=True)))
+                        _show(bar, args, start, episode, loss=f"{loss.item():.3f}",
+                              **{fields[4].replace("_error", ""): f"{bits:.2f}"},
                               level=curriculum.current, ms_step=f"{ms:.2f}")
                         if episode % args.checkpoint_every == 0 or episode == args.steps:
                             out.flush()
@@ -540,16 +582,35 @@ def _train_locked(args, ckpt_path):
             checkpoint()
     finally:
         signal.signal(signal.SIGINT, previous)
-    plot(csv_path, png_path, f"{args.model.upper()} on {args.task}, N={args.slots:,}, batch {args.batch}")
+    synthetic = " (SYNTHETIC data)" if getattr(task, "synthetic", False) else ""
+    plot(csv_path, png_path, f"{args.model.upper()} on {args.task}{synthetic}, N={args.slots:,}, "
+         f"batch {args.batch}")
     print(("interrupted: " if interrupts.count else "") + f"{episode} episodes; curriculum level "
           f"{curriculum.current}/{task.max_level}")
     print(f"learning curve: {png_path}\nmetrics:        {csv_path}\ncheckpoint:     {ckpt_path}")
+    if hasattr(task, "evaluate") and not interrupts.count:
+        evaluate(task, model, args, curriculum.current, episode)
     print(f"go on with:     samcpu train {' '.join(_argv_of(args))} --resume  "
           "(raise --steps to train longer)")
     return 130 if interrupts.count else 0
 
 
-def _truncate_csv(path, episode):
+def evaluate(task, model, args, level, episode):
+    """The task's test evaluation (babi: error per task; omniglot: error by presentation) at
+    ``level`` after ``episode`` episodes, printed and written to ``OUT/eval.json``."""
+    import json
+
+    report = task.evaluate(model, batch_size=args.batch, level=level)
+    report["episode"] = episode
+    path = os.path.join(args.out, "eval.json")
+    atomic_write(path, lambda f: f.write(json.dumps(report, indent=1).encode()))
+    for line in task.summary(report):
+        print(line)
+    print(f"evaluation:     {path}")
+    return report
+
+
+def _truncate_csv(path, episode, fields=CSV_FIELDS):
     """Keep the complete metric rows up to ``episode`` (a resumed run writes the later ones
     again), rewriting the file atomically; returns the kept rows (none without a CSV)."""
     if not os.path.exists(path):
@@ -567,7 +628,7 @@ def _truncate_csv(path, episode):
 
     def write(f):
         text = io.StringIO(newline="")
-        w = csv.DictWriter(text, CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(text, fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
         f.write(text.getvalue().encode())
@@ -645,12 +706,16 @@ def _with_default(key, text=""):
 def add_arguments(p):
     positive = positive_int_arg
     positive_float = _float_arg(0)
-    p.add_argument("--task", choices=["copy", "recall", "sort"], help=_with_default("task"))
+    p.add_argument("--task", choices=["copy", "recall", "sort", *DATA_TASKS],
+                   help=_with_default("task", "babi and omniglot read --data"))
     p.add_argument("--model", choices=["sam", "dam"], help=_with_default("model"))
     p.add_argument("--slots", type=_int_arg(1, MAX_SLOTS), help=_with_default("slots", "memory rows N"))
     p.add_argument("--batch", type=positive, help=_with_default("batch"))
     p.add_argument("--max-level", type=positive,
-                   help="the task's hardest level: copy length (20), recall items (6), sort keys (20)")
+                   help="the task's hardest level: copy length (20), recall items (6), sort keys (20), "
+                        "omniglot characters (100)")
+    p.add_argument("--data", help="babi: the folder of qa{N}_*_{train,test}.txt (tasks_1-20_v1-2/en-10k); "
+                                  "omniglot: the folder holding images_background and images_evaluation")
     p.add_argument("--steps", type=positive, help=_with_default("steps", "episodes (optimiser steps)"))
     p.add_argument("--minutes", type=positive_float,
                    help="stop after this wall time (this invocation's; the CSV's seconds go on across "
@@ -668,7 +733,9 @@ def add_arguments(p):
     p.add_argument("--index", choices=["hnsw", "exact"], help=_with_default("index", "SAM's index"))
     p.add_argument("--curriculum", action=argparse.BooleanOptionalAction, help=_with_default("curriculum"))
     p.add_argument("--threshold", type=_float_arg(0, low_open=False),
-                   help=_with_default("threshold", "curriculum: bits error per sequence"))
+                   help=_with_default("threshold", "curriculum: bits error per sequence; omniglot: share of "
+                                                   "wrong labels after a character's first showing, default "
+                                                   "0.1"))
     p.add_argument("--patience", type=positive,
                    help=_with_default("patience", "curriculum: episodes averaged"))
     p.add_argument("--seed", type=_int_arg(0, 2**63 - 2), help=_with_default("seed"))
