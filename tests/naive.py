@@ -583,3 +583,175 @@ class NaiveLinks:
         f, f_kept = directional_weights(self.after, prev_rows, prev_weights, k, self.dtype)
         w, support = mix_modes(content_rows, content_weights, b, b_kept, f, f_kept, modes, self.dtype)
         return w, support, (b, b_kept), (f, f_kept)
+
+
+# ---------------------------------------------------------------------------
+# The DNC (Graves et al. 2016; deepmind/dnc addressing.py and access.py), one
+# batch element, plain loops in float64: the oracle of samcpu.dnc (names dnc_*).
+# Read modes per read head: (backward per write head, content, forward per write head).
+# ---------------------------------------------------------------------------
+
+__all__ += ["dnc_content_weights", "dnc_usage", "dnc_allocation", "dnc_write_allocation",
+            "dnc_write_weights", "dnc_erase_and_write", "dnc_link", "dnc_precedence",
+            "dnc_directional", "dnc_read_weights", "NaiveDNC"]
+
+
+def dnc_content_weights(keys, memory, strengths, eps=1e-6):
+    """C(M, k, beta) (H, N): per head, softmax over rows of beta c(k, M(i))."""
+    keys, memory = np.asarray(keys, np.float64), np.asarray(memory, np.float64)
+    out = np.zeros((keys.shape[0], memory.shape[0]))
+    for h in range(keys.shape[0]):
+        z = [float(strengths[h]) * cosine_similarity(keys[h], memory[i], eps) for i in range(memory.shape[0])]
+        top = max(z)
+        e = [math.exp(v - top) for v in z]
+        out[h] = [v / sum(e) for v in e]
+    return out
+
+
+def dnc_usage(prev_usage, prev_write_weights, free_gates, prev_read_weights):
+    """u_t (N,) = (u + (1 - u) (1 - prod_i (1 - w^w_i))) * prod_r (1 - f_r w^r_r)."""
+    n = len(prev_usage)
+    out = np.zeros(n)
+    for i in range(n):
+        keep = 1.0
+        for w in prev_write_weights:
+            keep *= 1.0 - float(w[i])
+        u = float(prev_usage[i]) + (1.0 - float(prev_usage[i])) * (1.0 - keep)
+        for f, w in zip(free_gates, prev_read_weights, strict=True):
+            u *= 1.0 - float(f) * float(w[i])
+        out[i] = u
+    return out
+
+
+def dnc_allocation(usage, eps=1e-6):
+    """a (N,): rows sorted by (eps + (1 - eps) u(i), i); a[phi_j] = (1 - u[phi_j]) prod_{k<j} u[phi_k]."""
+    u = [eps + (1.0 - eps) * float(x) for x in usage]
+    order = sorted(range(len(u)), key=lambda i: (u[i], i))
+    out = np.zeros(len(u))
+    prod = 1.0
+    for i in order:
+        out[i] = (1.0 - u[i]) * prod
+        prod *= u[i]
+    return out
+
+
+def dnc_write_allocation(usage, gates, eps=1e-6):
+    """a_i (Wr, N) for each write head, the usage updated by u + (1 - u) g_i a_i in between."""
+    u = np.array(usage, np.float64)
+    out = []
+    for g in gates:
+        a = dnc_allocation(u, eps)
+        out.append(a)
+        u = np.array([u[i] + (1.0 - u[i]) * float(g) * a[i] for i in range(len(u))])
+    return np.array(out)
+
+
+def dnc_write_weights(write_content, allocation, allocation_gates, write_gates):
+    """w^w (Wr, N) = g^w (g^a a + (1 - g^a) c^w)."""
+    out = np.zeros(np.shape(write_content))
+    for h in range(out.shape[0]):
+        ga, gw = float(allocation_gates[h]), float(write_gates[h])
+        for i in range(out.shape[1]):
+            out[h, i] = gw * (ga * float(allocation[h][i]) + (1.0 - ga) * float(write_content[h][i]))
+    return out
+
+
+def dnc_erase_and_write(memory, write_weights, erase_vectors, write_vectors):
+    """M (N, W) o prod_h (1 - w_h e_h^T) + sum_h w_h v_h^T."""
+    m = np.array(memory, np.float64)
+    n, width = m.shape
+    out = np.zeros((n, width))
+    for i in range(n):
+        for d in range(width):
+            keep = 1.0
+            for h in range(len(write_weights)):
+                keep *= 1.0 - float(write_weights[h][i]) * float(erase_vectors[h][d])
+            v = m[i, d] * keep
+            for h in range(len(write_weights)):
+                v += float(write_weights[h][i]) * float(write_vectors[h][d])
+            out[i, d] = v
+    return out
+
+
+def dnc_link(prev_link, prev_precedence, write_weights):
+    """L (Wr, N, N): L[i, j] = (1 - w[i] - w[j]) L[i, j] + w[i] p[j] off the diagonal, 0 on it."""
+    wr, n = np.shape(write_weights)
+    out = np.zeros((wr, n, n))
+    for h in range(wr):
+        w, p = write_weights[h], prev_precedence[h]
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    out[h, i, j] = (1.0 - w[i] - w[j]) * prev_link[h][i][j] + w[i] * p[j]
+    return out
+
+
+def dnc_precedence(prev_precedence, write_weights):
+    """p (Wr, N) = (1 - sum_i w[i]) p + w."""
+    out = np.zeros(np.shape(write_weights))
+    for h in range(out.shape[0]):
+        total = sum(float(x) for x in write_weights[h])
+        for i in range(out.shape[1]):
+            out[h, i] = (1.0 - total) * float(prev_precedence[h][i]) + float(write_weights[h][i])
+    return out
+
+
+def dnc_directional(link, prev_read_weights, forward):
+    """(R, Wr, N): forward f[i] = sum_j L[i, j] w^r[j]; backward b[j] = sum_i L[i, j] w^r[i]."""
+    wr, n, _ = np.shape(link)
+    r = len(prev_read_weights)
+    out = np.zeros((r, wr, n))
+    for a in range(r):
+        for h in range(wr):
+            for x in range(n):
+                acc = 0.0
+                for y in range(n):
+                    acc += (link[h][x][y] if forward else link[h][y][x]) * prev_read_weights[a][y]
+                out[a, h, x] = acc
+    return out
+
+
+def dnc_read_weights(content, forward, backward, read_modes):
+    """w^r (R, N) = sum_h pi[h] b_h + pi[Wr] c + sum_h pi[Wr + 1 + h] f_h."""
+    r, wr, n = np.shape(forward)
+    out = np.zeros((r, n))
+    for a in range(r):
+        for i in range(n):
+            v = float(read_modes[a][wr]) * float(content[a][i])
+            for h in range(wr):
+                v += float(read_modes[a][h]) * float(backward[a][h][i])
+                v += float(read_modes[a][wr + 1 + h]) * float(forward[a][h][i])
+            out[a, i] = v
+    return out
+
+
+class NaiveDNC:
+    """One batch element of the DNC's memory access, stepped with the functions above."""
+
+    def __init__(self, num_slots, word_size, num_reads, num_writes, eps=1e-6):
+        n, w, r, wr = num_slots, word_size, num_reads, num_writes
+        self.eps = eps
+        self.memory = np.zeros((n, w))
+        self.usage = np.zeros(n)
+        self.link = np.zeros((wr, n, n))
+        self.precedence = np.zeros((wr, n))
+        self.read_weights = np.zeros((r, n))
+        self.write_weights = np.zeros((wr, n))
+
+    def step(self, read_keys, read_strengths, write_keys, write_strengths, erase_vectors, write_vectors,
+             free_gates, allocation_gates, write_gates, read_modes):
+        """One step; returns the reads (R, W)."""
+        usage = dnc_usage(self.usage, self.write_weights, free_gates, self.read_weights)
+        write_content = dnc_content_weights(write_keys, self.memory, write_strengths, self.eps)
+        gates = [float(a) * float(g) for a, g in zip(allocation_gates, write_gates, strict=True)]
+        alloc = dnc_write_allocation(usage, gates, self.eps)
+        ww = dnc_write_weights(write_content, alloc, allocation_gates, write_gates)
+        self.memory = dnc_erase_and_write(self.memory, ww, erase_vectors, write_vectors)
+        self.link = dnc_link(self.link, self.precedence, ww)
+        self.precedence = dnc_precedence(self.precedence, ww)
+        content = dnc_content_weights(read_keys, self.memory, read_strengths, self.eps)
+        forward = dnc_directional(self.link, self.read_weights, True)
+        backward = dnc_directional(self.link, self.read_weights, False)
+        self.read_weights = dnc_read_weights(content, forward, backward, read_modes)
+        self.usage, self.write_weights = usage, ww
+        return self.read_weights @ self.memory
