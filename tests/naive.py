@@ -63,8 +63,7 @@ def cosine_similarity(q, m, eps=1e-6):
     qv = [float(x) for x in q]
     mv = [float(x) for x in m]
     if len(qv) != len(mv):
-        raise ValueError("q and m must have the same length, got %d and %d"
-                         % (len(qv), len(mv)))
+        raise ValueError(f"q and m must have the same length, got {len(qv)} and {len(mv)}")
     eps = float(eps)
     qq = 0.0
     for j in range(len(qv)):
@@ -111,7 +110,7 @@ def cosine_topk(memory, queries, k, eps=1e-6):
     h_count = queries.shape[0]
     k = int(k)
     if k > n:
-        raise ValueError("k must be <= num_slots (N=%d), got k=%d" % (n, k))
+        raise ValueError(f"k must be <= num_slots (N={n}), got k={k}")
     rows = np.zeros((h_count, k), dtype=np.int64)
     sims = np.zeros((h_count, k), dtype=np.float64)
     for h in range(h_count):
@@ -201,8 +200,7 @@ def lra_rows(usage, num_heads):
     n = usage.shape[0]
     num_heads = int(num_heads)
     if num_heads > n:
-        raise ValueError("num_heads must be <= num_slots (N=%d), got %d"
-                         % (n, num_heads))
+        raise ValueError(f"num_heads must be <= num_slots (N={n}), got {num_heads}")
     order = sorted(range(n), key=lambda i: (int(usage[i]), i))
     return np.array(order[:num_heads], dtype=np.int64)
 
@@ -251,11 +249,9 @@ class NaiveMemory:
         self.delta = float(delta)
         self.eps = float(eps)
         if self.k > self.num_slots:
-            raise ValueError("k must be <= num_slots (N=%d), got k=%d"
-                             % (self.num_slots, self.k))
+            raise ValueError(f"k must be <= num_slots (N={self.num_slots}), got k={self.k}")
         if self.num_heads > self.num_slots:
-            raise ValueError("num_heads must be <= num_slots (N=%d), got %d"
-                             % (self.num_slots, self.num_heads))
+            raise ValueError(f"num_heads must be <= num_slots (N={self.num_slots}), got {self.num_heads}")
         B, N, W, H, K = (self.batch_size, self.num_slots, self.word_size,
                          self.num_heads, self.k)
         self.memory = np.zeros((B, N, W), dtype=np.float64)
