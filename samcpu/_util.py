@@ -58,10 +58,17 @@ def fsync_dir(directory):
 def atomic_write(path, write):
     """Write ``path`` all or nothing: ``write(f)`` fills a temporary file (binary) in the same
     directory, which is fsynced and renamed over ``path``; on any failure (including
-    KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was."""
+    KeyboardInterrupt) the temporary file is removed and ``path`` is left as it was. The file
+    keeps the permissions of the one it replaces (a new file: 0o666 less the umask, as ``open``
+    gives), not the 0o600 of a temporary file."""
     directory = os.path.dirname(os.fspath(path)) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
     try:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -72,6 +79,20 @@ def atomic_write(path, write):
             os.remove(tmp)
         raise
     fsync_dir(directory)
+
+
+def _umask():
+    """The process's umask (read from /proc where it can be, so no other thread sees it change)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _status_bytes(field):
