@@ -233,16 +233,18 @@ def add_arguments(p):
     p.add_argument("--memory-steps", type=positive_int, default=100)
     p.add_argument("--timeout", type=float, default=1200, help="seconds per worker process")
     p.add_argument("--torch-threads", type=positive_int, default=1,
-                   help="torch threads in the timing workers (memory workers use 1)")
+                   help="torch and numba threads in the timing workers (memory workers use 1)")
     p.add_argument("--out", default="runs/bench")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
+        import numba
         import torch
 
         what, threads, kind, *nums = sys.argv[2:]
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(int(threads))  # the same thread budget for SAM's kernels and DAM's torch
+        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
         fn = dict(memory=peak_memory_worker, time=step_time)[what]
         result = fn(kind, *map(int, nums))
         print(*(result if isinstance(result, tuple) else (result,)))
