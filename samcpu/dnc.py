@@ -212,6 +212,45 @@ def erase_and_write(memory, write_weights, erase_vectors, write_vectors):
     return torch.baddbmm(memory * keep, write_weights.transpose(1, 2), write_vectors)
 
 
+class _LinkUpdate(torch.autograd.Function):
+    """The link update with its backward written out: a few in-place passes over the N x N
+    matrices instead of autograd's graph of broadcast products, and only L_{t-1} (which the
+    previous step's read keeps anyway) and vectors kept for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, prev_link, prev_precedence, write_weights):
+        wi = write_weights.unsqueeze(-1)
+        wj = write_weights.unsqueeze(-2)
+        new = prev_link * (1 - wi)
+        new.addcmul_(prev_link, wj, value=-1)
+        new.addcmul_(wi, prev_precedence.unsqueeze(-2))
+        new.diagonal(dim1=-2, dim2=-1).zero_()
+        ctx.save_for_backward(prev_link, prev_precedence, write_weights)
+        return new
+
+    @staticmethod
+    def backward(ctx, grad):
+        # new[i, j] = (1 - w[i] - w[j]) L[i, j] + w[i] p[j] for i != j, new[i, i] = 0: the sums
+        # below run over all (i, j), then the diagonal's terms are taken out again (O(N)).
+        prev_link, p, w = ctx.saved_tensors
+        wi = w.unsqueeze(-1)
+        g_diag = grad.diagonal(dim1=-2, dim2=-1)
+        g_link = g_p = g_w = None
+        buf = None  # one N x N buffer for g * L, then reused for the gradient of L
+        if ctx.needs_input_grad[2]:
+            buf = torch.mul(grad, prev_link)
+            l_diag = prev_link.diagonal(dim1=-2, dim2=-1)
+            g_w = (torch.matmul(grad, p.unsqueeze(-1)).squeeze(-1) - buf.sum(-1) - buf.sum(-2)
+                   - g_diag * (p - 2 * l_diag))
+        if ctx.needs_input_grad[1]:
+            g_p = torch.matmul(w.unsqueeze(-2), grad).squeeze(-2) - g_diag * w
+        if ctx.needs_input_grad[0]:
+            g_link = torch.mul(grad, 1 - wi, out=buf) if buf is not None else grad * (1 - wi)
+            g_link.addcmul_(grad, w.unsqueeze(-2), value=-1)
+            g_link.diagonal(dim1=-2, dim2=-1).zero_()
+        return g_link, g_p, g_w
+
+
 def link(prev_link, prev_precedence, write_weights):
     """L[i, j] <- (1 - w[i] - w[j]) L[i, j] + w[i] p[j], L[i, i] = 0, for each write head.
 
@@ -227,16 +266,11 @@ def link(prev_link, prev_precedence, write_weights):
     Returns
     -------
     Tensor (B, Wr, N, N)
-        Computed as L - L w[i] - L w[j] + w[i] p[j] with broadcast (N, 1) and (1, N) factors, so
-        autograd keeps only L_{t-1} (already kept by the previous step's read) and vectors, not
-        an N x N scale per step.
+        Three passes over N x N forward, and a hand-written backward (the exact gradient,
+        gradcheck-tested) that keeps only L_{t-1} and vectors: this equation is the DNC's
+        O(N^2) cost, so it gets the cheapest exact form.
     """
-    wi = write_weights.unsqueeze(-1)
-    wj = write_weights.unsqueeze(-2)
-    new = torch.addcmul(prev_link * (1 - wi), prev_link, wj, value=-1)
-    new = torch.addcmul(new, wi, prev_precedence.unsqueeze(-2))
-    new.diagonal(dim1=-2, dim2=-1).zero_()
-    return new
+    return _LinkUpdate.apply(prev_link, prev_precedence, write_weights)
 
 
 def precedence(prev_precedence, write_weights):
@@ -269,9 +303,12 @@ def directional_weights(link, prev_read_weights, forward):
     Returns
     -------
     Tensor (B, R, Wr, N)
+        One batched matrix product with L as it is stored (never a transposed view of it, whose
+        gradient would then be added into L's with strided N x N passes).
     """
-    links = link.transpose(-1, -2) if forward else link
-    return torch.matmul(prev_read_weights.unsqueeze(1), links).transpose(1, 2)
+    if forward:  # f^T = L w^T
+        return torch.matmul(link, prev_read_weights.transpose(1, 2).unsqueeze(1)).permute(0, 3, 1, 2)
+    return torch.matmul(prev_read_weights.unsqueeze(1), link).transpose(1, 2)
 
 
 def read_weights(content, forward, backward, read_modes):

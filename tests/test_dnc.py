@@ -139,6 +139,20 @@ def test_link_diagonal_stays_zero_when_a_row_follows_itself():
     close(out[0, 0], [[0, 0, 0], [1, 0, 0], [0, 0, 0]])
 
 
+@pytest.mark.parametrize("needs", [(True, True, True), (False, False, True), (True, False, False)])
+def test_link_gradcheck(rng, needs):
+    """The hand-written backward of the link update, also with a non-zero diagonal in L_{t-1}
+    and with only some inputs requiring gradients."""
+    b, wr, n = 2, 2, 5
+    inputs = [t(rng.uniform(size=(b, wr, n, n))), t(rng.uniform(size=(b, wr, n))),
+              t(rng.uniform(size=(b, wr, n)) / n)]
+    inputs = [x.requires_grad_(need) for x, need in zip(inputs, needs, strict=True)]
+    assert torch.autograd.gradcheck(D.link, inputs)
+    plain = (1 - inputs[2].unsqueeze(-1) - inputs[2].unsqueeze(-2)) * inputs[0] + \
+        inputs[2].unsqueeze(-1) * inputs[1].unsqueeze(-2)
+    close(D.link(*inputs), plain * (1 - torch.eye(n, dtype=F64)))
+
+
 def test_directional_and_read_weights(rng):
     n, r, wr = 5, 3, 2
     state = random_state(rng, 1, n, 2, r, wr)
