@@ -13,6 +13,9 @@ Sections
            index maintenance, read, usage) against "bare" hnswlib work on the same inputs
            (per batch element one knn_query of H vectors and one add_items of H new rows,
            M=16, ef_construction=64, ef=32, one thread), at N = 1e6, 1.6e4 and 1.6e7.
+  gaussian B=8, H=4, K=4, W=32, N=1e6, Gaussian writes and queries (write gates 0.5-1), one
+           episode of --gaussian-steps steps: mem.step against the bare hnswlib work of the same
+           steps (as in cost), both on one thread; ratios of means, medians and CPU time.
   full     N=65,536 filled until every row is written and the LRA recycles; then the cost of
            --cost-steps more steps with the index holding every row.
   memory   resident memory of a SparseMemory(index="hnsw") (B=1, H=4, W=32) after writing R
@@ -162,7 +165,8 @@ def main():
     p.add_argument("--cost-steps", type=int, default=1000)
     p.add_argument("--full-slots", type=int, default=65_536)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip", nargs="*", default=[], choices=["recall", "cost", "full", "memory"])
+    p.add_argument("--gaussian-steps", type=int, default=4104)
+    p.add_argument("--skip", nargs="*", default=[], choices=["recall", "cost", "gaussian", "full", "memory"])
     p.add_argument("--out", default=f"{HERE}/results/index.json")
     p.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="an HNSWIndex option, e.g. --option stale_cos 0.9")
@@ -211,6 +215,31 @@ def main():
                   f"{r['rss_growth_mib']:.0f} MiB")
         print(f"samcpu/bare at N=1e6 (means): {out['cost']['ratio_mean_1e6']:.2f}; "
               f"cost(N=1.6e7)/cost(N=1.6e4): {out['cost']['ratio_n']:.2f}", flush=True)
+
+    if "gaussian" not in args.skip:
+        # one thread for both sides: the same core budget
+        rng = np.random.default_rng(3)
+        inputs = make_inputs(rng, args.gaussian_steps, 8, 4, "gaussian")
+        c0 = time.process_time()
+        bare = summary(bare_cost(inputs, 4))
+        bare_cpu = time.process_time() - c0
+        saved = dict(OPTIONS)
+        OPTIONS["num_threads"] = 1
+        c0 = time.process_time()
+        t, info = sam_cost(inputs, 1_000_000, 4)
+        sam_cpu = time.process_time() - c0
+        OPTIONS.clear()
+        OPTIONS.update(saved)
+        sam = dict(n=1_000_000, **summary(t), **info)
+        out["gaussian"] = dict(steps=args.gaussian_steps, bare=bare, samcpu=sam, bare_cpu_s=bare_cpu,
+                               samcpu_cpu_s=sam_cpu, ratio_mean=sam["mean_ms"] / bare["mean_ms"],
+                               ratio_median=sam["median_ms"] / bare["median_ms"],
+                               ratio_cpu=sam_cpu / bare_cpu, loadavg=os.getloadavg())
+        g = out["gaussian"]
+        print(f"\nGaussian writes and queries, B=8 H=4 K=4 W=32, N=1e6, one thread, episode of "
+              f"{args.gaussian_steps} steps: bare hnswlib {bare['mean_ms']:.3f} ms/step (mean), samcpu "
+              f"{sam['mean_ms']:.3f}; samcpu/bare {g['ratio_mean']:.2f} (means), {g['ratio_median']:.2f} "
+              f"(medians), {g['ratio_cpu']:.2f} (CPU time); index {info['index']}", flush=True)
 
     if "full" not in args.skip:
         n = args.full_slots
