@@ -35,7 +35,6 @@ import numba as nb
 import numpy as np
 
 from ..config import NJIT
-from .similarity import topk_insert
 
 
 class LinkTable(NamedTuple):
@@ -84,6 +83,61 @@ def _rounded(scratch, value):
     """``value`` rounded to the dtype of ``scratch`` (1,), as a float64."""
     scratch[0] = value
     return np.float64(scratch[0])
+
+
+@nb.njit(**NJIT)
+def _insert(rows, vals, n, row, value):
+    """Insert (row, value) into the list ``rows[:n]``/``vals[:n]`` sorted by (-value, row), of
+    capacity K = rows.shape[0] (the last entry falls off when full); returns the new length."""
+    k = rows.shape[0]
+    if n == k:
+        if value < vals[k - 1] or (value == vals[k - 1] and row > rows[k - 1]):
+            return n
+        pos = k - 1
+    else:
+        pos = n
+        n += 1
+    while pos > 0 and (vals[pos - 1] < value or (vals[pos - 1] == value and rows[pos - 1] > row)):
+        rows[pos] = rows[pos - 1]
+        vals[pos] = vals[pos - 1]
+        pos -= 1
+    rows[pos] = row
+    vals[pos] = value
+    return n
+
+
+@nb.njit(**NJIT)
+def _full_below(rows, vals, n, value):
+    """True if the sorted list is full and ``value`` is below its last entry: then no later
+    candidate of a non-increasing sequence can enter either."""
+    return n == rows.shape[0] and value < vals[n - 1]
+
+
+@nb.njit(**NJIT)
+def _by_weight(rows, weights, n):
+    """Positions of ``rows[:n]`` ordered by (-weight, row) (insertion sort, n <= R + 1)."""
+    order = np.empty(n, np.int64)
+    for e in range(n):
+        pos = e
+        while pos > 0 and (weights[order[pos - 1]] < weights[e]
+                           or (weights[order[pos - 1]] == weights[e] and rows[order[pos - 1]] > rows[e])):
+            order[pos] = order[pos - 1]
+            pos -= 1
+        order[pos] = e
+    return order
+
+
+@nb.njit(**NJIT)
+def _search(rows, n, row):
+    """Position of ``row`` in the ascending ``rows[:n]``, or -1 (binary search)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rows[mid] < row:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < n and rows[lo] == row else -1
 
 
 @nb.njit(**NJIT)
@@ -237,14 +291,17 @@ def link_update_before(table, rows, weights, n, prec_rows, prec_vals):
             pj = np.float64(prec_vals[at]) if at >= 0 else 0.0
             v = _rounded(scratch, (1.0 - w) * np.float64(table.vals[s, c]) + w * pj)
             if v != 0:
-                m = topk_insert(cand_rows, cand_vals, m, j, v)
+                m = _insert(cand_rows, cand_vals, m, j, v)
+        # new entries w p(j) come in the precedence's order: non-increasing, so stop at the
+        # first one that cannot enter
         for c in range(n_prec):
             j = prec_rows[c]
             if j == i or _find(table.cols[s], n_old, j) >= 0:
                 continue
             v = _rounded(scratch, w * np.float64(prec_vals[c]))
-            if v != 0:
-                m = topk_insert(cand_rows, cand_vals, m, j, v)
+            if v == 0 or _full_below(cand_rows, cand_vals, m, v):
+                break
+            m = _insert(cand_rows, cand_vals, m, j, v)
         _store(table.cols[s], table.vals[s], cand_rows, cand_vals, m)
 
 
@@ -270,6 +327,7 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
     cand_rows = np.empty(k, np.int64)
     cand_vals = np.empty(k, np.float64)
     scratch = np.empty(1, table.vals.dtype)
+    order = _by_weight(rows, weights, n)
     for c in range(entry_count(prec_rows)):
         j = prec_rows[c]
         pj = np.float64(prec_vals[c])
@@ -279,17 +337,20 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
         for a in range(n_old):
             i = table.cols[s, a]
             old = np.float64(table.vals[s, a])
-            at = _find(rows, n, i)
+            at = _search(rows, n, i)
             v = old if at < 0 else _rounded(scratch, (1.0 - weights[at]) * old + weights[at] * pj)
             if v != 0:
-                m = topk_insert(cand_rows, cand_vals, m, i, v)
-        for e in range(n):
+                m = _insert(cand_rows, cand_vals, m, i, v)
+        # new entries w(i) p(j) by descending w(i): non-increasing, so stop early
+        for o in range(n):
+            e = order[o]
             i = rows[e]
             if i == j or _find(table.cols[s], n_old, i) >= 0:
                 continue
             v = _rounded(scratch, weights[e] * pj)
-            if v != 0:
-                m = topk_insert(cand_rows, cand_vals, m, i, v)
+            if v == 0 or _full_below(cand_rows, cand_vals, m, v):
+                break
+            m = _insert(cand_rows, cand_vals, m, i, v)
         _store(table.cols[s], table.vals[s], cand_rows, cand_vals, m)
 
 
@@ -321,18 +382,21 @@ def precedence_update(prec_rows, prec_vals, rows, weights, n):
     m = 0
     for c in range(n_prec):
         j = prec_rows[c]
-        at = _find(rows, n, j)
+        at = _search(rows, n, j)
         w = weights[at] if at >= 0 else 0.0
         v = _rounded(scratch, decay * np.float64(prec_vals[c]) + w)
         if v != 0:
-            m = topk_insert(cand_rows, cand_vals, m, j, v)
-    for e in range(n):
+            m = _insert(cand_rows, cand_vals, m, j, v)
+    order = _by_weight(rows, weights, n)
+    for o in range(n):  # new entries by descending w: stop early
+        e = order[o]
         i = rows[e]
         if _find(prec_rows, n_prec, i) >= 0:
             continue
         v = _rounded(scratch, weights[e])
-        if v != 0:
-            m = topk_insert(cand_rows, cand_vals, m, i, v)
+        if v == 0 or _full_below(cand_rows, cand_vals, m, v):
+            break
+        m = _insert(cand_rows, cand_vals, m, i, v)
     _store(prec_rows, prec_vals, cand_rows, cand_vals, m)
 
 
@@ -370,8 +434,13 @@ def directional_weights(table, prev_rows, prev_weights, out_rows, out_vals):
     """
     k = table.cols.shape[1]
     n_prev = prev_rows.shape[0]
+    size = 16
+    while size < 2 * n_prev * k:
+        size *= 2
+    keys = np.full(size, -1, np.int64)  # open addressing: row -> its slot in ``reached``
+    where = np.empty(size, np.int64)
     reached = np.empty(n_prev * k, np.int64)
-    terms = np.empty(n_prev * k, np.float64)
+    totals = np.empty(n_prev * k, np.float64)
     m = 0
     for a in range(n_prev):
         j = prev_rows[a]
@@ -385,21 +454,24 @@ def directional_weights(table, prev_rows, prev_weights, out_rows, out_vals):
             i = table.cols[s, c]
             if i < 0:
                 break
-            reached[m] = i
-            terms[m] = w * np.float64(table.vals[s, c])
-            m += 1
+            h = i * 40503  # rows < 2**31: no overflow
+            h = (h ^ (h >> 15)) & (size - 1)
+            while keys[h] != -1 and keys[h] != i:
+                h = (h + 1) & (size - 1)
+            term = w * np.float64(table.vals[s, c])
+            if keys[h] == -1:
+                keys[h] = i
+                where[h] = m
+                reached[m] = i
+                totals[m] = 0.0 + term
+                m += 1
+            else:
+                totals[where[h]] += term  # in prev_rows order, as a dense loop adds
     cand_vals = np.empty(out_rows.shape[0], np.float64)
     scratch = np.empty(1, out_vals.dtype)
-    order = np.argsort(reached[:m], kind="mergesort")  # stable: each run keeps prev_rows order
     n = 0
-    a = 0
-    while a < m:
-        i = reached[order[a]]
-        total = 0.0
-        while a < m and reached[order[a]] == i:
-            total += terms[order[a]]
-            a += 1
-        n = topk_insert(out_rows, cand_vals, n, i, _rounded(scratch, total))
+    for a in range(m):
+        n = _insert(out_rows, cand_vals, n, reached[a], _rounded(scratch, totals[a]))
     for c in range(n):
         out_vals[c] = cand_vals[c]
     for c in range(n, out_rows.shape[0]):
