@@ -21,7 +21,22 @@ The criterion (issue 14): t0 is the first time the mean bits error per sequence 
 (every window ending in that span, sliding by one episode) may have a mean above 1 bit. ``report``
 computes it for each run from its CSV, writes ``NAME.json`` and ``NAME.png`` (sliding means,
 curriculum level, gradient norm, RMSProp's scale) under benchmarks/results/relapse/, and a
-gzipped copy of each CSV.
+gzipped copy of each CSV. ``diagnose`` lists a run's relapses (100-episode blocks above 1 bit
+right after one below 0.1) with the largest gradient norm before each and whether the curriculum's
+maximum had just risen, and plots the episodes around one (``--zoom``).
+
+The committed results (one process at a time, NUMBA_NUM_THREADS=1, machine shared):
+    # before: the settings of samcpu train (RMSProp lr 3e-4, momentum 0.9, eps 1e-10, clip 10)
+    train --out R/base_s1 --seed 1 --index exact --curriculum mean --minutes 6   (stopped at 3.1)
+    train --out R/lr1e-4_s1 --seed 1 --index exact --curriculum mean --lr 1e-4 --minutes 7
+    diagnose --run R/base_s1 --name diag_before --zoom 5330 --half 200
+    report --runs R/base_s1 R/lr1e-4_s1 --name before --copy-csv
+    # after: the curriculum on its hardest levels, lr halved at each pass at the top (floor 1/16)
+    train --out R/anneal_sS --seed S --index exact --curriculum hard --anneal 0.5 --after-solve 20
+          --minutes 36                  (S = 0, 1, 2; seed 1 ran 9 minutes, then --resume --minutes 40)
+    report --runs R/anneal_s0 R/anneal_s1 R/anneal_s2 --name after --copy-csv
+    # ablation: the same without annealing
+    train --out R/noanneal_s1 --seed 1 --index exact --curriculum hard --anneal 1 --minutes 15
 """
 import argparse
 import csv
@@ -237,7 +252,7 @@ def plot(runs, path, title):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
     for k, (label, rows, res) in enumerate(runs):
         colour = f"C{k}"
         mins = np.array([float(r["seconds"]) for r in rows]) / 60
@@ -254,16 +269,22 @@ def plot(runs, path, title):
         axes[2].plot(mins, sliding_mean(g, 100), color=colour, lw=1)
         v = np.array([float(r["v_rms"]) for r in rows])
         axes[2].plot(mins, v, color=colour, lw=0.8, ls=":")
+        if "lr" in rows[0]:
+            axes[3].plot(mins, [float(r["lr"]) for r in rows], color=colour)
+        axes[3].plot(mins, sliding_mean(np.array([float(r["update_norm"]) for r in rows]), 100), color=colour,
+                     lw=0.8, ls=":")
     axes[0].axhline(SOLVED, color="k", lw=0.5, ls="--")
     axes[0].axhline(RELAPSE, color="r", lw=0.5, ls="--")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("bits error / sequence\n(thick: mean of 1,000; thin: of 100)")
     axes[0].legend(fontsize=8)
-    axes[0].set_title(title)
+    axes[0].set_title(title, fontsize=9)
     axes[1].set_ylabel("curriculum maximum")
     axes[2].set_yscale("log")
     axes[2].set_ylabel("grad norm (mean of 100, solid)\nRMSProp rms sqrt(v) (dotted)")
-    axes[2].set_xlabel("training minutes")
+    axes[3].set_yscale("log")
+    axes[3].set_ylabel("learning rate (solid)\nupdate norm, mean of 100 (dotted)")
+    axes[3].set_xlabel("training minutes")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
