@@ -19,15 +19,16 @@ GRID = np.array([0.0, 0.125, 0.25, 0.25, 0.5, 0.75, 1.0])  # repeated values mak
 
 
 def empty(n, k, dtype=np.float64, capacity=None):
-    return L.empty_links(n, k, dtype, capacity=n if capacity is None else capacity)
+    """Head 0's LinkState of fresh one-head links."""
+    return L.head_state(L.empty_links(n, k, 1, dtype, capacity=n if capacity is None else capacity), 0)
 
 
 def to_dense(table, n):
-    """The dense matrix of ``table``, after checking its invariants: slot map and owners agree,
-    no row outside the pool has a slot, rows sorted by (-value, column) with no zero, no
-    diagonal entry, unused entries -1/0 at the end."""
+    """The dense matrix of ``table`` (one part), after checking its invariants: slot map and
+    owners agree, no row outside the pool has a record, rows sorted by (-value, column) with no
+    zero, no diagonal entry, unused entries -1/0 at the end."""
     used = int(table.used[0])
-    k = table.cols.shape[1]
+    k = table.cols.shape[2]
     dense = np.zeros((n, n))
     owners = table.owner[:used]
     assert len(set(owners.tolist())) == used
@@ -35,7 +36,7 @@ def to_dense(table, n):
     for s in range(used):
         r = int(owners[s])
         assert table.slot[r] == s + 1
-        cols, vals = table.cols[s], table.vals[s]
+        cols, vals = table.cols[s, table.part], table.vals[s, table.part]
         m = L.entry_count(cols)
         assert (cols[m:] == -1).all() and (vals[m:] == 0).all()
         keys = [(-float(vals[c]), int(cols[c])) for c in range(m)]
@@ -58,8 +59,8 @@ def from_dense(dense, k, dtype):
             table.owner[s] = r
             table.cols[s] = -1
             table.vals[s] = 0
-            table.cols[s, :len(keep)] = keep
-            table.vals[s, :len(keep)] = dense[r, keep]
+            table.cols[s, table.part, :len(keep)] = keep
+            table.vals[s, table.part, :len(keep)] = dense[r, keep]
     return table
 
 
@@ -128,12 +129,14 @@ def directions(k, dtype=np.float64):
 
 
 def snapshot(state):
-    """Everything undo must restore: slot maps, live pools, counters, precedence."""
-    parts = []
-    for t in (state.before, state.after):
-        u = int(t.used[0])
-        parts += [t.slot.copy(), t.used.copy(), t.owner[:u].copy(), t.cols[:u].copy(), t.vals[:u].copy()]
-    return parts + [state.prec_rows.copy(), state.prec_vals.copy()]
+    """Everything undo must restore: slot map, the live pool (all parts), counter, precedence
+    (a LinkState: its precedence; Links: every head's)."""
+    t = state.before if isinstance(state, L.LinkState) else state
+    if t.used.ndim > 1:  # links with a batch dimension
+        return [x for i in range(t.used.shape[0]) for x in snapshot(L.links_at(state, i))]
+    u = int(t.used[0])
+    return [t.slot.copy(), t.used.copy(), t.owner[:u].copy(), t.cols[:u].copy(), t.vals[:u].copy(),
+            state.prec_rows.copy(), state.prec_vals.copy()]
 
 
 def assert_snapshot(a, b):
@@ -407,39 +410,73 @@ def test_undo_of_a_step_that_writes_nothing(rng):
 
 def test_reset_and_rebuild(rng):
     n, k = 20, 3
-    state = empty(n, k)
+    links = L.empty_links(n, k, 2, capacity=n)
     for _ in range(15):
-        rows, weights = random_write(rng, n, np.float64)
-        L.link_write(state, rows, weights, L.empty_step(len(rows), k))
-    for table in (state.before, state.after):
-        dense = to_dense(table, n)
-        assert dense.any()
-        slot = table.slot.copy()
-        table.slot[:] = 0
-        L.links_rebuild(table)
-        np.testing.assert_array_equal(table.slot, slot)
-        L.links_reset(table)
-        assert table.used[0] == 0 and not table.slot.any()
+        for h in range(2):
+            rows, weights = random_write(rng, n, np.float64)
+            L.link_write(L.head_state(links, h), rows, weights, L.empty_step(len(rows), k))
+    assert to_dense(L.head_state(links, 1).after, n).any()
+    slot = links.slot.copy()
+    links.slot[:] = 0
+    L.links_rebuild(links)
+    np.testing.assert_array_equal(links.slot, slot)
+    L.links_reset(links)
+    assert links.used[0] == 0 and not links.slot.any() and (links.prec_rows == -1).all()
+    assert not links.prec_vals.any()
 
 
-def test_batched_tables_and_table_at(rng):
-    """Views of (B, H, ...) arrays: each head's steps equal those of its own state."""
-    b, h, n, k = 2, 3, 9, 2
-    batched = L.empty_links(n, k, np.float64, batch_shape=(b, h), capacity=n)
+def test_batch_kernels_equal_heads_one_by_one(rng):
+    """batch_link_write/read/undo/redo over (B, H) heads sharing records (small N: heads write
+    the same rows) equal each head stepped on its own links; undoing all steps empties every
+    pool, and undo/redo restore every step bit for bit."""
+    b, h, n, k, r = 2, 3, 9, 2, 4
+    batched = L.empty_links(n, k, h, batch_shape=(b,), capacity=n)
     singles = [[empty(n, k) for _ in range(h)] for _ in range(b)]
+    recs, snaps = [], [snapshot(batched)]
     for _ in range(10):
+        writes = [[random_write(rng, n, np.float64, max_rows=5) for _ in range(h)] for _ in range(b)]
+        rows = np.full((b, h, 5), -1, np.int64)
+        weights = np.zeros((b, h, 5))
         for i in range(b):
             for j in range(h):
-                rows, weights = random_write(rng, n, np.float64)
-                view = L.LinkState(L.table_at(batched.before, i, j), L.table_at(batched.after, i, j),
-                                   batched.prec_rows[i, j], batched.prec_vals[i, j])
-                L.link_write(view, rows, weights, L.empty_step(len(rows), k))
-                L.link_write(singles[i][j], rows, weights, L.empty_step(len(rows), k))
+                m = len(writes[i][j][0])
+                rows[i, j, :m], weights[i, j, :m] = writes[i][j]
+                L.link_write(singles[i][j], rows[i, j], weights[i, j], L.empty_step(5, k))
+        rec = L.empty_step(5, k, batch_shape=(b, h))
+        L.batch_link_write(batched, rows, weights, rec)
+        recs.append(rec)
+        snaps.append(snapshot(batched))
+    prev_rows = np.stack([[rng.permutation(n)[:r] for _ in range(h)] for _ in range(b)]).astype(np.int64)
+    prev_w = rng.dirichlet(np.ones(r), size=(b, h))
+    content_rows = np.stack([[rng.permutation(n)[:2] for _ in range(h)] for _ in range(b)]).astype(np.int64)
+    content_w = rng.dirichlet(np.ones(2), size=(b, h))
+    modes = rng.dirichlet(np.ones(3), size=(b, h))
+    out = (*(np.empty((b, h, k), dt) for dt in (np.int64, np.float64, np.int64, np.float64)),
+           np.empty((b, h, 2 + 2 * k), np.int64), np.empty((b, h, 2 + 2 * k)), np.empty((b, h), np.int64))
+    L.batch_link_read(batched, prev_rows, prev_w, content_rows, content_w, modes, *out)
     for i in range(b):
         for j in range(h):
-            view = L.table_at(batched.before, i, j)
-            np.testing.assert_array_equal(to_dense(view, n), to_dense(singles[i][j].before, n))
-            np.testing.assert_array_equal(batched.prec_vals[i, j], singles[i][j].prec_vals)
+            view, single = L.state_at(batched, i, j), singles[i][j]
+            for part in ("before", "after"):
+                dense = to_dense(getattr(single, part), n)
+                np.testing.assert_array_equal(to_dense(getattr(view, part), n), dense)
+            np.testing.assert_array_equal(view.prec_rows, single.prec_rows)
+            np.testing.assert_array_equal(view.prec_vals, single.prec_vals)
+            rows, weights = np.empty(2 + 2 * k, np.int64), np.empty(2 + 2 * k)
+            m = L.link_read(single, prev_rows[i, j], prev_w[i, j], content_rows[i, j], content_w[i, j],
+                            modes[i, j], *directions(k), rows, weights)
+            assert m == out[6][i, j]
+            np.testing.assert_array_equal(rows, out[4][i, j])
+            np.testing.assert_array_equal(weights, out[5][i, j])
+    for i in range(b):  # heads share records
+        assert batched.used[i, 0] < sum(int(single.before.used[0]) for single in singles[i])
+    for t in range(len(recs) - 1, -1, -1):
+        L.batch_link_undo(batched, recs[t])
+        assert_snapshot(snapshot(batched), snaps[t])
+    assert not batched.used.any() and not batched.slot.any()
+    for t, rec in enumerate(recs):
+        L.batch_link_redo(batched, rec)
+        assert_snapshot(snapshot(batched), snaps[t + 1])
 
 
 # --------------------------------------------------------------------------- backward
@@ -503,7 +540,7 @@ def test_huge_memory_costs_only_rows_written(rng):
     steps of 21 written rows grow the resident size by far less than one (N,) array."""
     n, k, r = 10**7, 8, 20
     run_against_naive(rng, 8, k, np.float32, steps=2)  # compile first
-    state = L.empty_links(n, k, np.float32)
+    state = L.head_state(L.empty_links(n, k, 1, np.float32), 0)
     before = rss_bytes()
     out_rows, out_w = np.empty(4 + 2 * k, np.int64), np.empty(4 + 2 * k, np.float32)
     br, bv, fr, fv = directions(k, np.float32)

@@ -1,33 +1,37 @@
 """Sparse temporal links of the SDNC (DESIGN.md section 5, steps 6-8) and their undo/redo.
 
-One head of one batch element owns a :class:`LinkState`: two link tables, N_h ("came
-before": row i holds the rows j written just before i) and P_h ("came after": row j holds the
-rows i written just after j), and the precedence p_h. A table stores each row that has entries
-as a fixed array of K_L (column, value) pairs in a pool of slots, reached through a slot map
-indexed by row:
+Each head h of a batch element has two link tables, N_h ("came before": row i holds the rows
+j written just before i) and P_h ("came after": row j holds the rows i written just after j),
+and a precedence p_h. The 2H tables of a batch element (:class:`Links`) share one pool of
+records, one per row that has entries in any of them, reached through one slot map indexed by
+row; table N_h is part 2h of a record and P_h part 2h + 1:
 
-slot (N,) int64        slot + 1 of row i's entries; 0 = the row has none (so the zero pages of
-                       a lazily mapped map mean "no entries" and rows never written cost nothing)
-owner (S,) int64       the row that owns slot s (s < used), for reset and rebuild
-cols (S, K_L) int64    a row's entries by (-value, column), unused entries -1 at the end
-vals (S, K_L) float    their values, 0 where unused
-used (1,) int64        slots in use; slots are taken in order, so the pool grows with the rows
-                       that have entries, never with N
+slot (N,) int64           record + 1 of row i; 0 = none (so the zero pages of a lazily mapped
+                          map mean "no entries", and rows never written cost nothing)
+owner (S,) int64          the row that owns record s (s < used), for reset and rebuild
+cols (S, 2H, K_L) int64   each part's entries by (-value, column), unused entries -1 at the end
+vals (S, 2H, K_L) float   their values, 0 where unused
+used (1,) int64           records in use, taken in order: the pool grows with the rows written
+                          (all of a record's parts are emptied when it is taken), never with N
 
-A pool needs room for the rows a step gives entries for the first time (at most the step's
-written rows for N_h and K_L rows for P_h); with S = N (a lazily mapped pool) it never fills.
+A row costs one record (2H K_L (8 + itemsize) bytes) however many heads write it. A pool needs
+room for the rows a step writes for the first time; with S = N (a lazily mapped pool, as
+:func:`empty_links` makes by default) it never fills. A :class:`LinkTable` is one part's view
+(the arrays and its part number); :class:`LinkState` is one head's (its two parts and its
+precedence).
 
-The precedence is two arrays (K_L,): rows by (-value, row), -1 at the end, and values (0 where
-unused). Entries that are exactly 0 are never stored (a zero of a dense matrix is no entry), in
+The precedence is two arrays (K_L,) per head: rows by (-value, row), -1 at the end, and values
+(0 where unused). Entries that are exactly 0 are never stored (a zero of a dense matrix is no entry), in
 the tables and in the precedence. Every value is computed in float64 from the stored values
 and rounded to the storage dtype before it is ranked, so the rules below pick what a dense
 N x N implementation storing the same dtype picks, bit for bit (tests/naive.py).
 
 A step's write records (:class:`LinkStep`) hold the old link rows of the rows it changed and
 the old precedence; :func:`link_undo` restores the state bit for bit (slot map and pool
-included) and :func:`link_redo` applies the step again, so steps are undone newest first and
-redone oldest first, like the memory rows' journal. The per-step cost of a head is
-O((R + K_L) K_L^2 + R K_L log(R K_L)) for R read rows: nothing grows with N.
+included) and :func:`link_redo` applies the step again. Records are taken in order and given
+back in reverse, so steps are undone newest first and redone oldest first, like the memory
+rows' journal, and within a step the heads are undone last first (:func:`batch_link_undo`).
+The per-step cost of a head is O(R K_L^2 + K_L^3) for R read rows: nothing grows with N.
 """
 from typing import NamedTuple
 
@@ -37,18 +41,35 @@ import numpy as np
 from ..config import NJIT
 
 
-class LinkTable(NamedTuple):
-    """One link table (N_h or P_h) of one head; see the module docstring for the layout."""
+BEFORE, AFTER = 0, 1  #: part 2h + BEFORE of a record is N_h, part 2h + AFTER is P_h
 
-    slot: np.ndarray  #: (N,) int64, slot + 1 per row, 0 = no entries
-    owner: np.ndarray  #: (S,) int64, row of each slot in use
-    cols: np.ndarray  #: (S, K_L) int64, entry columns by (-value, column), -1 = unused
-    vals: np.ndarray  #: (S, K_L) float32 or float64, entry values, 0 = unused
-    used: np.ndarray  #: (1,) int64, slots in use
+
+class Links(NamedTuple):
+    """The links of one batch element, all heads (leading batch dimensions allowed); see the
+    module docstring for the layout."""
+
+    slot: np.ndarray  #: (N,) int64, record + 1 per row, 0 = no entries
+    owner: np.ndarray  #: (S,) int64, row of each record in use
+    cols: np.ndarray  #: (S, 2H, K_L) int64, entry columns by (-value, column), -1 = unused
+    vals: np.ndarray  #: (S, 2H, K_L) float32 or float64, entry values, 0 = unused
+    used: np.ndarray  #: (1,) int64, records in use
+    prec_rows: np.ndarray  #: (H, K_L) int64, rows of p_h by (-value, row), -1 = unused
+    prec_vals: np.ndarray  #: (H, K_L) float, p_h at those rows, 0 = unused
+
+
+class LinkTable(NamedTuple):
+    """One link table (N_h or P_h): the shared arrays of :class:`Links` and a part number."""
+
+    slot: np.ndarray  #: (N,) int64
+    owner: np.ndarray  #: (S,) int64
+    cols: np.ndarray  #: (S, 2H, K_L) int64
+    vals: np.ndarray  #: (S, 2H, K_L) float
+    used: np.ndarray  #: (1,) int64
+    part: int  #: 2h + BEFORE or 2h + AFTER
 
 
 class LinkState(NamedTuple):
-    """The link state of one head of one batch element (DESIGN.md section 5)."""
+    """One head's view of :class:`Links` (DESIGN.md section 5)."""
 
     before: LinkTable  #: N_h, row i -> entries (j, N_h(i, j)): j was written just before i
     after: LinkTable  #: P_h, row j -> entries (i, P_h(j, i)): i was written just after j
@@ -170,25 +191,37 @@ def _store(cols, vals, cand_rows, cand_vals, m):
 
 
 @nb.njit(**NJIT)
-def _take_slot(table, row):
-    """The slot of ``row`` in ``table``, taking the next free one (emptied) if it has none."""
-    s = table.slot[row] - 1
-    if s < 0:
-        s = table.used[0]
-        table.used[0] = s + 1
-        table.slot[row] = s + 1
-        table.owner[s] = row
-        table.cols[s, :] = -1
-        table.vals[s, :] = 0
+def _new_record(table, row):
+    """Take the next free record for ``row``, all its parts emptied; returns it."""
+    s = table.used[0]
+    table.used[0] = s + 1
+    table.slot[row] = s + 1
+    table.owner[s] = row
+    table.cols[s] = -1
+    table.vals[s] = 0
     return s
 
 
 @nb.njit(**NJIT)
-def table_at(tables, b, h):
-    """The :class:`LinkTable` of batch element ``b``, head ``h`` from a table whose arrays have
-    leading dimensions (B, H) (views, no copy)."""
-    return LinkTable(tables.slot[b, h], tables.owner[b, h], tables.cols[b, h], tables.vals[b, h],
-                     tables.used[b, h])
+def _take_slot(table, row):
+    """The record of ``row``, taking the next free one if it has none."""
+    s = table.slot[row] - 1
+    return _new_record(table, row) if s < 0 else s
+
+
+@nb.njit(**NJIT)
+def head_state(links, h):
+    """Head ``h``'s :class:`LinkState` of one batch element's :class:`Links` (views)."""
+    return LinkState(LinkTable(links.slot, links.owner, links.cols, links.vals, links.used, 2 * h + BEFORE),
+                     LinkTable(links.slot, links.owner, links.cols, links.vals, links.used, 2 * h + AFTER),
+                     links.prec_rows[h], links.prec_vals[h])
+
+
+@nb.njit(**NJIT)
+def links_at(links, b):
+    """Batch element ``b``'s :class:`Links` from links with a leading batch dimension (views)."""
+    return Links(links.slot[b], links.owner[b], links.cols[b], links.vals[b], links.used[b],
+                 links.prec_rows[b], links.prec_vals[b])
 
 
 @nb.njit(**NJIT)
@@ -200,9 +233,9 @@ def link_row(table, row, out_cols, out_vals):
         out_cols[:] = -1
         out_vals[:] = 0
         return 0
-    out_cols[:] = table.cols[s]
-    out_vals[:] = table.vals[s]
-    return entry_count(table.cols[s])
+    out_cols[:] = table.cols[s, table.part]
+    out_vals[:] = table.vals[s, table.part]
+    return entry_count(table.cols[s, table.part])
 
 
 # --------------------------------------------------------------------------- step 6: links
@@ -230,18 +263,23 @@ def merge_weights(rows, weights, out_rows, out_weights):
         n, the number of rows in ``out_rows[:n]``. Rows whose total is 0 are dropped: a zero
         write weight changes no link and no precedence.
     """
-    order = np.argsort(rows, kind="mergesort")  # stable: repeats stay in input order
     n = 0
-    for o in order:
-        r = rows[o]
+    for e in range(rows.shape[0]):  # insertion by row (M <= R + 1): repeats add in input order
+        r = rows[e]
         if r < 0:
             continue
-        if n > 0 and out_rows[n - 1] == r:
-            out_weights[n - 1] += np.float64(weights[o])
-        else:
-            out_rows[n] = r
-            out_weights[n] = np.float64(weights[o])
-            n += 1
+        pos = n
+        while pos > 0 and out_rows[pos - 1] > r:
+            pos -= 1
+        if pos > 0 and out_rows[pos - 1] == r:
+            out_weights[pos - 1] += np.float64(weights[e])
+            continue
+        for c in range(n, pos, -1):
+            out_rows[c] = out_rows[c - 1]
+            out_weights[c] = out_weights[c - 1]
+        out_rows[pos] = r
+        out_weights[pos] = np.float64(weights[e])
+        n += 1
     m = 0
     for i in range(n):
         if out_weights[i] > 0:
@@ -259,7 +297,7 @@ def link_update_before(table, rows, weights, n, prec_rows, prec_vals):
     Parameters
     ----------
     table : LinkTable
-        N_h, updated in place; needs room for the rows that get a slot (at most n).
+        N_h, updated in place; its pool needs room for the rows without a record (<= n).
     rows : ndarray (>= n,) int64
         The written rows i (distinct, from :func:`merge_weights`).
     weights : ndarray (>= n,) float64
@@ -274,7 +312,7 @@ def link_update_before(table, rows, weights, n, prec_rows, prec_vals):
     Row i's candidates are its old entries and the precedence's rows: at most 2 K_L, each
     ``(1 - w) * old + w * p`` with a missing term 0 (the dense formula, bit for bit).
     """
-    k = table.cols.shape[1]
+    k = table.cols.shape[2]
     cand_rows = np.empty(k, np.int64)
     cand_vals = np.empty(k, np.float64)
     scratch = np.empty(1, table.vals.dtype)
@@ -283,26 +321,26 @@ def link_update_before(table, rows, weights, n, prec_rows, prec_vals):
         i = rows[e]
         w = weights[e]
         s = _take_slot(table, i)
-        n_old = entry_count(table.cols[s])
+        n_old = entry_count(table.cols[s, table.part])
         m = 0
         for c in range(n_old):
-            j = table.cols[s, c]
+            j = table.cols[s, table.part, c]
             at = _find(prec_rows, n_prec, j)
             pj = np.float64(prec_vals[at]) if at >= 0 else 0.0
-            v = _rounded(scratch, (1.0 - w) * np.float64(table.vals[s, c]) + w * pj)
+            v = _rounded(scratch, (1.0 - w) * np.float64(table.vals[s, table.part, c]) + w * pj)
             if v != 0:
                 m = _insert(cand_rows, cand_vals, m, j, v)
         # new entries w p(j) come in the precedence's order: non-increasing, so stop at the
         # first one that cannot enter
         for c in range(n_prec):
             j = prec_rows[c]
-            if j == i or _find(table.cols[s], n_old, j) >= 0:
+            if j == i or _find(table.cols[s, table.part], n_old, j) >= 0:
                 continue
             v = _rounded(scratch, w * np.float64(prec_vals[c]))
             if v == 0 or _full_below(cand_rows, cand_vals, m, v):
                 break
             m = _insert(cand_rows, cand_vals, m, j, v)
-        _store(table.cols[s], table.vals[s], cand_rows, cand_vals, m)
+        _store(table.cols[s, table.part], table.vals[s, table.part], cand_rows, cand_vals, m)
 
 
 @nb.njit(**NJIT)
@@ -315,7 +353,7 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
     Parameters
     ----------
     table : LinkTable
-        P_h, updated in place; needs room for the precedence rows without a slot (<= K_L).
+        P_h, updated in place (its rows j were written before, so they have records).
     rows, weights, n :
         The written rows and w^W_h, as for :func:`link_update_before`.
     prec_rows, prec_vals : ndarray (K_L,)
@@ -323,7 +361,7 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
     """
     if n == 0:  # nothing written: no entry changes (and no slot is taken)
         return
-    k = table.cols.shape[1]
+    k = table.cols.shape[2]
     cand_rows = np.empty(k, np.int64)
     cand_vals = np.empty(k, np.float64)
     scratch = np.empty(1, table.vals.dtype)
@@ -332,11 +370,11 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
         j = prec_rows[c]
         pj = np.float64(prec_vals[c])
         s = _take_slot(table, j)
-        n_old = entry_count(table.cols[s])
+        n_old = entry_count(table.cols[s, table.part])
         m = 0
         for a in range(n_old):
-            i = table.cols[s, a]
-            old = np.float64(table.vals[s, a])
+            i = table.cols[s, table.part, a]
+            old = np.float64(table.vals[s, table.part, a])
             at = _search(rows, n, i)
             v = old if at < 0 else _rounded(scratch, (1.0 - weights[at]) * old + weights[at] * pj)
             if v != 0:
@@ -345,13 +383,13 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
         for o in range(n):
             e = order[o]
             i = rows[e]
-            if i == j or _find(table.cols[s], n_old, i) >= 0:
+            if i == j or _find(table.cols[s, table.part], n_old, i) >= 0:
                 continue
             v = _rounded(scratch, weights[e] * pj)
             if v == 0 or _full_below(cand_rows, cand_vals, m, v):
                 break
             m = _insert(cand_rows, cand_vals, m, i, v)
-        _store(table.cols[s], table.vals[s], cand_rows, cand_vals, m)
+        _store(table.cols[s, table.part], table.vals[s, table.part], cand_rows, cand_vals, m)
 
 
 # --------------------------------------------------------------------------- step 7: precedence
@@ -432,7 +470,7 @@ def directional_weights(table, prev_rows, prev_weights, out_rows, out_vals):
         that gradients reach every listed weight. Each x(i) is summed over j in the order of
         ``prev_rows`` (the bits of a dense ``x += w(j) * L[j]`` loop).
     """
-    k = table.cols.shape[1]
+    k = table.cols.shape[2]
     n_prev = prev_rows.shape[0]
     size = 16
     while size < 2 * n_prev * k:
@@ -451,14 +489,14 @@ def directional_weights(table, prev_rows, prev_weights, out_rows, out_vals):
             continue
         w = np.float64(prev_weights[a])
         for c in range(k):
-            i = table.cols[s, c]
+            i = table.cols[s, table.part, c]
             if i < 0:
                 break
             h = i * 40503  # rows < 2**31: no overflow
             h = (h ^ (h >> 15)) & (size - 1)
             while keys[h] != -1 and keys[h] != i:
                 h = (h + 1) & (size - 1)
-            term = w * np.float64(table.vals[s, c])
+            term = w * np.float64(table.vals[s, table.part, c])
             if keys[h] == -1:
                 keys[h] = i
                 where[h] = m
@@ -587,7 +625,7 @@ def directional_weights_backward(table, prev_rows, kept_rows, grad_kept, grad_pr
     kept_rows (K_L,) and grad_kept (K_L,) from the forward's output (-1 = unused);
     grad_prev (R,) accumulated in place. Truncated rows carry no gradient (piecewise constant).
     """
-    k = table.cols.shape[1]
+    k = table.cols.shape[2]
     n_kept = entry_count(kept_rows)
     for a in range(prev_rows.shape[0]):
         j = prev_rows[a]
@@ -598,12 +636,12 @@ def directional_weights_backward(table, prev_rows, kept_rows, grad_kept, grad_pr
             continue
         acc = 0.0
         for c in range(k):
-            i = table.cols[s, c]
+            i = table.cols[s, table.part, c]
             if i < 0:
                 break
             at = _find(kept_rows, n_kept, i)
             if at >= 0:
-                acc += np.float64(grad_kept[at]) * np.float64(table.vals[s, c])
+                acc += np.float64(grad_kept[at]) * np.float64(table.vals[s, table.part, c])
         grad_prev[a] += acc
 
 
@@ -613,7 +651,7 @@ def directional_weights_backward(table, prev_rows, kept_rows, grad_kept, grad_pr
 @nb.njit(**NJIT)
 def link_rows_save(table, rows, n, rec):
     """Record the old contents of ``rows[:n]`` (distinct) of ``table`` into ``rec`` (a
-    :class:`LinkRecords`) before a step changes them; a row without a slot is recorded as
+    :class:`LinkRecords`) before a step changes them; a row without a record is recorded as
     ``fresh`` with empty contents."""
     for e in range(n):
         r = rows[e]
@@ -624,18 +662,18 @@ def link_rows_save(table, rows, n, rec):
             rec.cols[e, :] = -1
             rec.vals[e, :] = 0
         else:
-            rec.cols[e, :] = table.cols[s]
-            rec.vals[e, :] = table.vals[s]
+            rec.cols[e, :] = table.cols[s, table.part]
+            rec.vals[e, :] = table.vals[s, table.part]
 
 
 @nb.njit(**NJIT)
 def _swap_row(table, s, rec, e):
-    for c in range(table.cols.shape[1]):
-        col = table.cols[s, c]
-        table.cols[s, c] = rec.cols[e, c]
+    for c in range(table.cols.shape[2]):
+        col = table.cols[s, table.part, c]
+        table.cols[s, table.part, c] = rec.cols[e, c]
         rec.cols[e, c] = col
-        val = table.vals[s, c]
-        table.vals[s, c] = rec.vals[e, c]
+        val = table.vals[s, table.part, c]
+        table.vals[s, table.part, c] = rec.vals[e, c]
         rec.vals[e, c] = val
 
 
@@ -647,7 +685,7 @@ def link_rows_undo(table, rec, n):
         r = rec.rows[e]
         s = table.slot[r] - 1
         _swap_row(table, s, rec, e)
-        if rec.fresh[e]:  # taken last among the slots in use: give it back
+        if rec.fresh[e]:  # the last record taken (its other parts are empty again): give it back
             table.slot[r] = 0
             table.used[0] -= 1
 
@@ -658,13 +696,7 @@ def link_rows_redo(table, rec, n):
     and swap the step's new contents in (``rec`` then holds the old contents again)."""
     for e in range(n):
         r = rec.rows[e]
-        if rec.fresh[e]:
-            s = table.used[0]
-            table.used[0] = s + 1
-            table.slot[r] = s + 1
-            table.owner[s] = r
-        else:
-            s = table.slot[r] - 1
+        s = _new_record(table, r) if rec.fresh[e] else table.slot[r] - 1
         _swap_row(table, s, rec, e)
 
 
@@ -682,19 +714,22 @@ def precedence_swap(prec_rows, prec_vals, rec_rows, rec_vals):
 
 
 @nb.njit(**NJIT)
-def links_reset(table):
-    """Empty ``table`` in O(rows with entries): clear their slot map entries, free the pool."""
-    for s in range(table.used[0]):
-        table.slot[table.owner[s]] = 0
-    table.used[0] = 0
+def links_reset(links):
+    """Empty one batch element's :class:`Links` in O(rows with entries): clear their slot map
+    entries, free the pool, empty every precedence."""
+    for s in range(links.used[0]):
+        links.slot[links.owner[s]] = 0
+    links.used[0] = 0
+    links.prec_rows[:] = -1
+    links.prec_vals[:] = 0
 
 
 @nb.njit(**NJIT)
-def links_rebuild(table):
+def links_rebuild(links):
     """Rebuild the slot map from ``owner[:used]`` (after loading a saved pool into an empty
     map)."""
-    for s in range(table.used[0]):
-        table.slot[table.owner[s]] = s + 1
+    for s in range(links.used[0]):
+        links.slot[links.owner[s]] = s + 1
 
 
 # --------------------------------------------------------------------------- one head, one step
@@ -707,7 +742,7 @@ def link_write(state, write_rows, write_weights, rec):
 
     write_rows (M,) int64 and write_weights (M,): the head's write (repeats summed, -1
     skipped), M <= rec.before's capacity. ``state`` (a :class:`LinkState`) is updated in place
-    and needs pool room for M rows in N_h and K_L rows in P_h.
+    and its pool needs room for M new records.
     """
     rows = np.empty(write_rows.shape[0], np.int64)
     weights = np.empty(write_rows.shape[0], np.float64)
@@ -726,7 +761,8 @@ def link_write(state, write_rows, write_weights, rec):
 
 @nb.njit(**NJIT)
 def link_undo(state, rec):
-    """Undo one :func:`link_write` (the latest not yet undone) bit for bit."""
+    """Undo one :func:`link_write` bit for bit: the latest not yet undone of its batch element
+    (heads share records, so a step's heads are undone last first)."""
     precedence_swap(state.prec_rows, state.prec_vals, rec.prec_rows, rec.prec_vals)
     link_rows_undo(state.after, rec.after, rec.counts[1])
     link_rows_undo(state.before, rec.before, rec.counts[0])
@@ -752,29 +788,85 @@ def link_read(state, prev_rows, prev_weights, content_rows, content_weights, mod
                      modes, out_rows, out_weights)
 
 
+# --------------------------------------------------------------------------- batch (B, H)
+
+
+@nb.njit(**NJIT)
+def state_at(links, b, h):
+    """Head ``h`` of batch element ``b`` of links with a leading batch dimension (views)."""
+    return head_state(links_at(links, b), h)
+
+
+@nb.njit(**NJIT)
+def step_at(rec, b, h):
+    """The :class:`LinkStep` record of ``b``, ``h`` from records with leading dimensions (B, H)."""
+    before = LinkRecords(rec.before.rows[b, h], rec.before.fresh[b, h], rec.before.cols[b, h],
+                         rec.before.vals[b, h])
+    after = LinkRecords(rec.after.rows[b, h], rec.after.fresh[b, h], rec.after.cols[b, h],
+                        rec.after.vals[b, h])
+    return LinkStep(before, after, rec.prec_rows[b, h], rec.prec_vals[b, h], rec.counts[b, h])
+
+
+@nb.njit(**NJIT)
+def batch_link_write(links, write_rows, write_weights, rec):
+    """:func:`link_write` for every (b, h), heads in order: write_rows and write_weights
+    (B, H, M); links with a leading dimension B, rec with leading dimensions (B, H)."""
+    for b in range(write_rows.shape[0]):
+        for h in range(write_rows.shape[1]):
+            link_write(state_at(links, b, h), write_rows[b, h], write_weights[b, h], step_at(rec, b, h))
+
+
+@nb.njit(**NJIT)
+def batch_link_undo(links, rec):
+    """:func:`link_undo` for every (b, h), heads last first (they share the records)."""
+    for b in range(rec.counts.shape[0]):
+        for h in range(rec.counts.shape[1] - 1, -1, -1):
+            link_undo(state_at(links, b, h), step_at(rec, b, h))
+
+
+@nb.njit(**NJIT)
+def batch_link_redo(links, rec):
+    """:func:`link_redo` for every (b, h), heads in order."""
+    for b in range(rec.counts.shape[0]):
+        for h in range(rec.counts.shape[1]):
+            link_redo(state_at(links, b, h), step_at(rec, b, h))
+
+
+@nb.njit(**NJIT)
+def batch_link_read(links, prev_rows, prev_weights, content_rows, content_weights, modes,
+                    back_rows, back_vals, fwd_rows, fwd_vals, out_rows, out_weights, out_count):
+    """:func:`link_read` for every (b, h) of ``links`` (leading dimension B): prev_* (B, H, R),
+    content_* (B, H, K), modes (B, H, 3), back_*/fwd_* (B, H, K_L), out_rows/out_weights
+    (B, H, R), out_count (B, H)."""
+    for b in range(prev_rows.shape[0]):
+        for h in range(prev_rows.shape[1]):
+            out_count[b, h] = link_read(state_at(links, b, h), prev_rows[b, h], prev_weights[b, h],
+                                        content_rows[b, h], content_weights[b, h], modes[b, h],
+                                        back_rows[b, h], back_vals[b, h], fwd_rows[b, h], fwd_vals[b, h],
+                                        out_rows[b, h], out_weights[b, h])
+
+
 # --------------------------------------------------------------------------- allocation (Python)
 
 
-def empty_links(num_slots, link_k, dtype=np.float64, batch_shape=(), capacity=None):
-    """A fresh :class:`LinkState` whose arrays have leading dimensions ``batch_shape`` (e.g.
-    (B, H); :func:`table_at`-style slicing gives one head's view).
+def empty_links(num_slots, link_k, num_heads=1, dtype=np.float64, batch_shape=(), capacity=None):
+    """Fresh :class:`Links` for ``num_heads`` heads, arrays with leading dimensions
+    ``batch_shape`` (e.g. (B,); :func:`links_at`, :func:`head_state`, :func:`state_at` give
+    views). Not jitted.
 
-    The slot maps are lazily mapped zeros (rows never written cost nothing). ``capacity``:
-    slots per pool; None = ``num_slots`` in lazily mapped pools, which never fill and whose
-    resident size grows with the rows that have entries. Not jitted."""
+    The slot map is lazily mapped zeros (rows never written cost nothing). ``capacity``:
+    records per pool; None = ``num_slots`` in a lazily mapped pool, which never fills and whose
+    resident size grows with the rows written."""
     from .._storage import lazy_zeros
 
     shape = tuple(batch_shape)
     cap = num_slots if capacity is None else capacity
     alloc = lazy_zeros if capacity is None else np.zeros
-
-    def table():
-        return LinkTable(lazy_zeros(shape + (num_slots,), np.int64), alloc(shape + (cap,), np.int64),
-                         alloc(shape + (cap, link_k), np.int64), alloc(shape + (cap, link_k), dtype),
-                         np.zeros(shape + (1,), np.int64))
-
-    return LinkState(table(), table(), np.full(shape + (link_k,), -1, np.int64),
-                     np.zeros(shape + (link_k,), dtype))
+    parts = shape + (cap, 2 * num_heads, link_k)
+    heads = shape + (num_heads, link_k)
+    return Links(lazy_zeros(shape + (num_slots,), np.int64), alloc(shape + (cap,), np.int64),
+                 alloc(parts, np.int64), alloc(parts, dtype), np.zeros(shape + (1,), np.int64),
+                 np.full(heads, -1, np.int64), np.zeros(heads, dtype))
 
 
 def empty_step(write_capacity, link_k, dtype=np.float64, batch_shape=()):
