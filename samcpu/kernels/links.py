@@ -21,8 +21,8 @@ room for the rows a step writes for the first time; with S = N (a lazily mapped 
 precedence).
 
 The precedence is two arrays (K_L,) per head: rows by (-value, row), -1 at the end, and values
-(0 where unused). Entries that are exactly 0 are never stored (a zero of a dense matrix is no entry), in
-the tables and in the precedence. Every value is computed in float64 from the stored values
+(0 where unused). Entries that are exactly 0 are never stored (a zero of a dense matrix is no
+entry), in the tables and in the precedence. Every value is computed in float64 from the stored values
 and rounded to the storage dtype before it is ranked, so the rules below pick what a dense
 N x N implementation storing the same dtype picks, bit for bit (tests/naive.py).
 
@@ -31,7 +31,8 @@ the old precedence; :func:`link_undo` restores the state bit for bit (slot map a
 included) and :func:`link_redo` applies the step again. Records are taken in order and given
 back in reverse, so steps are undone newest first and redone oldest first, like the memory
 rows' journal, and within a step the heads are undone last first (:func:`batch_link_undo`).
-The per-step cost of a head is O(R K_L^2 + K_L^3) for R read rows: nothing grows with N.
+The per-step cost of a head is O(R^2 + R K_L^2) for R read rows (R + 1 <= 21 and K_L = 8 by
+default): nothing grows with N.
 """
 from typing import NamedTuple
 
@@ -81,7 +82,7 @@ class LinkRecords(NamedTuple):
     """Old contents of the link rows one step changed in one table (capacity M rows)."""
 
     rows: np.ndarray  #: (M,) int64, the rows, in the order the step changed them
-    fresh: np.ndarray  #: (M,) bool, True where the step gave the row its slot
+    fresh: np.ndarray  #: (M,) bool, True where the step took the row's record
     cols: np.ndarray  #: (M, K_L) int64, the rows' old columns (-1 = unused)
     vals: np.ndarray  #: (M, K_L) float, the rows' old values
 
