@@ -226,6 +226,11 @@ def criterion(rows, after_minutes, window=WINDOW):
     below = np.flatnonzero(mean < SOLVED)
     res = dict(episodes=int(ep[-1]) if len(ep) else 0, minutes=float(secs[-1] / 60) if len(secs) else 0.0,
                window=window, solved_below=SOLVED, relapse_above=RELAPSE, after_minutes=after_minutes)
+    # 100-episode blocks above 1 bit after the first one under 0.1 (the issue's first count)
+    m100 = sliding_mean(bits, 100)[99::100]
+    first100 = np.flatnonzero(m100 < SOLVED)
+    res["blocks100_above_1_after_first_below_01"] = (
+        int((m100[first100[0]:] > RELAPSE).sum()) if len(first100) else None)
     if not len(below):
         return {**res, "solved": False, "passed": None}
     i0 = int(below[0])
@@ -233,16 +238,11 @@ def criterion(rows, after_minutes, window=WINDOW):
     covered = bool(secs[-1] >= secs[i0] + 60 * after_minutes)
     bad = np.flatnonzero(span & (mean > RELAPSE))
     worst = float(np.nanmax(mean[span])) if span.any() else None
-    # 100-episode windows above 1 bit after the first one under 0.1 (the issue's first count)
-    m100 = sliding_mean(bits, 100)[99::100]
-    first100 = np.flatnonzero(m100 < SOLVED)
     res.update(solved=True, solved_episode=int(ep[i0]), solved_minutes=float(secs[i0] / 60),
                level_at_solved=int(rows[i0]["max_level"]), covered=covered,
                episodes_in_span=int(span.sum()), worst_window_mean=worst,
                windows_above=int(len(bad)),
                first_window_above_episode=int(ep[bad[0]]) if len(bad) else None,
-               blocks100_above_1_after_first_below_01=(
-                   int((m100[first100[0]:] > RELAPSE).sum()) if len(first100) else None),
                passed=bool(covered and not len(bad)))
     return res
 
@@ -297,7 +297,7 @@ def diagnose(rows, block=100):
     maximum changed in the 2 blocks before; the same figures for quiet blocks followed by a quiet
     block, to compare."""
     f = {k: np.array([float(r[k]) for r in rows]) for k in ("bits_error", "grad_norm", "update_norm",
-                                                               "max_level", "episode")}
+                                                               "step_rms", "max_level", "episode")}
     n = len(rows) // block
     cut = {k: v[:n * block].reshape(n, block) for k, v in f.items()}
     mean = cut["bits_error"].mean(1)
@@ -305,6 +305,8 @@ def diagnose(rows, block=100):
                  max_grad_norm=float(cut["grad_norm"][i].max()),
                  share_grad_norm_over_100=float((cut["grad_norm"][i] > 100).mean()),
                  mean_update_norm=float(cut["update_norm"][i].mean()),
+                 max_update_norm=float(cut["update_norm"][i].max()),
+                 max_step_rms=float(cut["step_rms"][i].max()),
                  max_level=int(cut["max_level"][i, -1])) for i in range(n)]
     relapses, calm = [], []
     for i in range(1, n):
@@ -319,7 +321,12 @@ def diagnose(rows, block=100):
         if not idx:
             return None
         g = np.array([info[i - 1]["max_grad_norm"] for i in idx])
+        def med(key):
+            return float(np.median([info[i][key] for i in idx]))
         return dict(count=len(idx), median_max_grad_norm_before=float(np.median(g)),
+                    median_max_grad_norm_in_block=med("max_grad_norm"),
+                    median_max_step_rms_in_block=med("max_step_rms"),
+                    median_max_update_norm_in_block=med("max_update_norm"),
                     share_with_grad_norm_over_100_before=float((g > 100).mean()),
                     share_after_a_level_rise=float(np.mean([level_rose(i) for i in idx])))
     events = [dict(block=info[i], quiet_block_before=info[i - 1], level_rose_in_last_2_blocks=level_rose(i))
@@ -363,8 +370,10 @@ def run_diagnose(a):
     print(json.dumps({k: res[k] for k in ("relapses", "calm")}, indent=1))
     for e in res["events"]:
         q, b = e["quiet_block_before"], e["block"]
-        print(f"relapse in block ending {b['end_episode']}: {b['mean_bits']:.2f} bits; before: max grad norm "
-              f"{q['max_grad_norm']:.3g}, level rose: {e['level_rose_in_last_2_blocks']}")
+        print(f"relapse in block ending {b['end_episode']}: {b['mean_bits']:.2f} bits, max grad norm "
+              f"{b['max_grad_norm']:.3g}, max step rms {b['max_step_rms']:.2f}, max update norm "
+              f"{b['max_update_norm']:.2f}; block before: max grad norm {q['max_grad_norm']:.3g}; level "
+              f"rose: {e['level_rose_in_last_2_blocks']}")
 
 
 def run_report(a):
