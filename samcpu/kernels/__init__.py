@@ -15,7 +15,8 @@ from .step import exact_query, read_phase, redo_steps, undo_steps, usage_phase, 
 from .write import accessed_rows, journal_save, journal_swap, sparse_write, write_rows
 
 __all__ = [
-    "accessed_rows", "links", "batch_rowset_add", "batch_rowset_truncate", "batch_step_backward", "grad_clear",
+    "accessed_rows", "links", "batch_rowset_add", "batch_rowset_truncate", "batch_step_backward",
+    "grad_clear",
     "grad_slot", "step_backward", "cosine_similarity", "cosine_topk", "exact_query", "journal_save",
     "journal_swap", "lra_rows", "norm_eps", "read_backward", "read_phase", "redo_steps",
     "rescore_candidates", "ring_rows", "ring_touch", "ring_untouch", "rowset_add", "rowset_clear",
