@@ -15,8 +15,12 @@ the tables; a JSON file no section knows gets a section of its own. Only the sta
 is used, and the output depends only on the files (no clock, no paths of this machine).
 
 DAM figures measured with the old `samcpu.DAM` (a dense step written to match the kernels bit
-for bit, not for speed; issue 11) are marked as such wherever they appear, and the headline's
-DAM ratios read "pending re-measurement" until the JSON holds the new DAM (see `old_dam`).
+for bit, not for speed; issue 11) are never shown as results: a file recognised as old (see
+`old_dam`) gets a warning, the headline's DAM ratios read "pending re-measurement", and the
+learning table leaves out its DAM runs (one line says they are pending a re-run, with the
+commands). step.json's "old DAM" rows, measured side by side with the new DAM, are shown as
+that comparison only. Wall times are shown beside CPU times and the load average where the JSON
+records them: the machine is shared, so wall time is not the figure to compare alone.
 """
 import argparse
 import hashlib
@@ -222,12 +226,28 @@ def command_line(src, default):
             "the command, so it is written in benchmarks/make_results.py).", ""]
 
 
+def loadavg_line(src):
+    """The 1/5/15-minute load average the benchmark recorded before and after, if any."""
+    parts = []
+    for key, when in (("loadavg_start", "at the start"), ("loadavg_end", "at the end")):
+        v = src.get(key, note=False)
+        if isinstance(v, list) and v and all(isinstance(x, int | float) for x in v):
+            parts.append(f"{' / '.join(num(x, 1) for x in v)} {when}")
+    if not parts:
+        return []
+    cores = src.get("machine", "nproc", note=False)
+    where = f"the {cores}-core machine" if isinstance(cores, int) else "the machine"
+    return [f"Load average (1 / 5 / 15 minutes) on {where}: {'; '.join(parts)}.", ""]
+
+
 def dam_warning(src):
     if not old_dam(src):
         return []
     return [f"> The DAM figures in `{src.rel}` were measured with the old `samcpu.DAM`, a dense step "
-            "written to match the kernels bit for bit rather than for speed (issue 11). They are "
-            "kept as a record, not as a fair baseline, pending re-measurement with the vectorised DAM.",
+            "written to match the kernels bit for bit rather than for speed (issue 11): not a fair "
+            "baseline. " + ("They are left out of the table below, pending a re-run with the vectorised DAM."
+                            if src.rel == "learning.json" else
+                            "They are kept as a record, pending re-measurement with the vectorised DAM."),
             ""]
 
 
@@ -238,21 +258,26 @@ def step_section(src):
     for where, r in src.rows("results"):
         label = src.at(r, ["model"], where)
         skipped = r.get("skipped")
+        if label == "old DAM":
+            label = "old DAM (issue 11's dense step, for comparison only)"
         if skipped:
-            rows.append([label, num(src.at(r, ["n"], where), 0), "-", "-", "-", "-", "-",
+            rows.append([label, num(src.at(r, ["n"], where), 0), "-", "-", "-", "-", "-", "-",
                          relpath(str(skipped))])
             continue
         note = "; ".join(relpath(str(r[k])) for k in ("note", "status") if k in r and r[k] != "ok")
         reps = src.at(r, ["repeats"], where)
         seq = r.get("seq_ms")
         rows.append([label, num(src.at(r, ["n"], where), 0), num(src.at(r, ["ms_per_step"], where)),
+                     num(r.get("cpu_ms_per_step")),
                      num(src.at(r, ["fwd_ms_per_step"], where)), num(src.at(r, ["bwd_ms_per_step"], where)),
                      num(src.at(r, ["steps"], where), 0),
                      num(len(seq) if isinstance(seq, list) else reps, 0), note])
-    out += table(["model", "N", "ms per step", "forward ms", "backward ms", "T", "sequences", "note"],
-                 rows, "lrrrrrrl")
+    out += table(["model", "N", "wall ms per step", "CPU ms per step", "forward ms", "backward ms", "T",
+                  "sequences", "note"], rows, "lrrrrrrrl")
     out.append("One training step: forward + BCE loss + backward + RMSprop, median over the timed "
-               "sequences, B from the settings, W=32, H=4, K=4, LSTM 100. The project's targets: SAM "
+               "sequences, B from the settings, W=32, H=4, K=4, LSTM 100. Wall and CPU time of the same "
+               "sequences: on a shared machine wall time includes waiting for a core, so compare the CPU "
+               "column across rows (load average below). The project's targets: SAM "
                "t(N=1e7) / t(N=1e4) <= 1.2 and <= 3.5 ms per step at N=1e6 (the paper: 7 ms on 6 cores); "
                "the paper's DAM / SAM at N=1e6: 1,600x.")
     out.append("")
@@ -261,10 +286,19 @@ def step_section(src):
         "sam_ratio_1e7_1e4": ("SAM t(N=1e7) / t(N=1e4)", 2, ""),
         "sam_ms_per_step_1e6": ("SAM ms per step at N=1e6", 2, " ms"),
         "dam_ms_per_step_1e6": ("DAM ms per step at N=1e6", 0, " ms"),
-        "dam_over_sam_1e6": ("DAM / SAM at N=1e6", 0, "x"),
-        "dam_over_sam_10000": ("DAM / SAM at N=10,000, side by side", 0, "x"),
+        "dam_over_sam_1e6": ("DAM / SAM at N=1e6, wall time", 0, "x"),
         "dam_linearity": ("DAM's growth from its first to its last measured N, over linear", 2, "x"),
+        "dam_1e6_label": ("DAM at N=1e6 is", None, ""),
     }
+    for pattern, name, digits, unit in (
+            (r"dam_over_sam_(\d+)", "DAM / SAM at N={}, wall time, side by side", 0, "x"),
+            (r"dam_over_sam_cpu_(\d+)", "DAM / SAM at N={}, CPU time, side by side", 0, "x"),
+            (r"old_dam_over_dam_(\d+)", "old DAM / new DAM at N={}, wall time", 1, "x"),
+            (r"old_dam_over_dam_cpu_(\d+)", "old DAM / new DAM at N={}, CPU time", 1, "x")):
+        for k in (derived if isinstance(derived, dict) else {}):
+            m = re.fullmatch(pattern, k)
+            if m and k not in labels:
+                labels[k] = (name.format(num(int(m.group(1)), 0)), digits, unit)
     if isinstance(derived, dict):
         for k, v in derived.items():
             name, digits, unit = labels.get(k, (f"`{k}`", None, ""))
@@ -302,18 +336,34 @@ def memory_section(src):
                   "journal bytes", "status"], rows, "lrrrrrrrl")
     out.append("One training pass over T steps (B=1, forward + loss + backward), each configuration "
                "in a fresh worker process; peak growth = peak RSS after backward - RSS after building "
-               "the model. Extra memory per step = (peak(T=1,000) - peak(T=100)) / 900:")
+               "the model. Extra memory per step = (peak(T_hi) - peak(T_lo)) / (T_hi - T_lo), over the "
+               "two lengths named in each row (DAM at the larger N could not run T=1,000 within the "
+               "memory limit):")
     out.append("")
     drows = []
     for where, d in src.rows("derived"):
+        lo, hi = d.get("t_lo", 100), d.get("t_hi", 1000)
         drows.append([str(src.at(d, ["model"], where)),
                       num(src.at(d, ["n"], where), 0) if d.get("n") else "-",
+                      f"{num(lo, 0)} and {num(hi, 0)}",
                       kib(src.at(d, ["peak_per_step"], where)),
                       num(d["journal_per_step_t100"], 0) if "journal_per_step_t100" in d else "-",
-                      num(d["journal_per_step_t1000"], 0) if "journal_per_step_t1000" in d else "-",
-                      num(d["journal_per_allocated_step"], 0) if "journal_per_allocated_step" in d else "-"])
-    out += table(["model", "N", "extra KiB per step", "journal B/step T=100", "journal B/step T=1,000",
-                  "journal B per allocated step"], drows, "lrrrrr")
+                      num(d["journal_per_step_t1000"], 0) if "journal_per_step_t1000" in d else "-"])
+    out += table(["model", "N", "T_lo and T_hi", "extra KiB per step", "journal B/step T=100",
+                  "journal B/step T=1,000"], drows, "lrrrrr")
+    ratios = src.rows("dam_over_sam")
+    if ratios:
+        out.append("DAM against SAM, measured side by side in this run:")
+        out.append("")
+        out += table(["N", "T", "DAM peak growth MiB", "SAM peak growth MiB", "DAM / SAM peak growth",
+                      "DAM / SAM peak RSS", "DAM / SAM extra per step"],
+                     [[num(r.get("n"), 0), num(r.get("steps"), 0) if "steps" in r else "-",
+                       mib(r.get("dam_extra")) if "dam_extra" in r
+                       else "-", mib(r.get("sam_extra")) if "sam_extra" in r else "-",
+                       num(r.get("dam_over_sam_extra"), 1, "x") if "dam_over_sam_extra" in r else "-",
+                       num(r.get("dam_over_sam_peak"), 2, "x") if "dam_over_sam_peak" in r else "-",
+                       num(r.get("dam_over_sam_peak_per_step"), 1, "x")
+                       if "dam_over_sam_peak_per_step" in r else "-"] for _, r in ratios])
     r = src.get("sam_per_step_ratio_1e6_over_65536")
     out += [f"- SAM's extra memory per step, N=1e6 over N=65,536: {num(r, 3)} (target: flat in N; "
             "<= 48 KiB per step; the paper: 80 KiB)"]
@@ -362,14 +412,20 @@ def scaling_section(src):
     for n in sorted(set(sams) | set(dams), key=order):
         s, d = sams.get(n, {}), dams.get(n, {})
 
-        def fitted(what, s=s):
-            return "*" if s.get(f"dam_over_sam_{what}_fitted") else ""
-        rows.append([num(n, 0), num(s.get("ms_per_step"), 2), num(s.get("peak_mib"), 1),
-                     num(d.get("ms_per_step"), 1) if "skipped" not in d else "-",
-                     num(d.get("peak_mib"), 0) if "skipped" not in d else "-",
-                     num(s.get("dam_over_sam_ms_per_step"), 0, "x" + fitted("ms_per_step")),
-                     num(s.get("dam_over_sam_peak_mib"), 0, "x" + fitted("peak_mib"))])
-    out += table(["N", "SAM ms/step", "SAM peak MiB", "DAM ms/step", "DAM peak MiB", "DAM/SAM time",
+        def ratio(what, s=s):
+            v = s.get(f"dam_over_sam_{what}")
+            if v is None:
+                return "-"
+            return num(v, 0, "x") + (" fitted" if s.get(f"dam_over_sam_{what}_fitted") else "")
+        ran = "skipped" not in d
+        rows.append([num(n, 0), num(s.get("ms_per_step"), 2), num(s.get("cpu_ms_per_step"), 2),
+                     num(s.get("peak_mib"), 1),
+                     num(d.get("ms_per_step"), 1) if ran else "-",
+                     num(d.get("cpu_ms_per_step"), 1) if ran else "-",
+                     num(d.get("peak_mib"), 0) if ran else "-",
+                     ratio("ms_per_step"), ratio("cpu_ms_per_step"), ratio("peak_mib")])
+    out += table(["N", "SAM wall ms/step", "SAM CPU ms/step", "SAM peak MiB", "DAM wall ms/step",
+                  "DAM CPU ms/step", "DAM peak MiB", "DAM/SAM wall time", "DAM/SAM CPU time",
                   "DAM/SAM memory"], rows)
     st = src.get("settings")
     if isinstance(st, dict):
@@ -381,11 +437,13 @@ def scaling_section(src):
         out.append("")
     skipped = sorted({str(d["skipped"]) for d in dams.values() if "skipped" in d})
     if skipped:
-        out.append("DAM not run: " + "; ".join(skipped) + ". * marks a ratio that uses a straight line "
-                   "fitted to DAM's measured points in log-log space (dashed in the plot), not a "
-                   "measurement.")
+        out.append("DAM not run: " + "; ".join(skipped) + ". A ratio marked \"fitted\" uses a straight "
+                   "line fitted to DAM's measured points in log-log space (dashed in the plot), not a "
+                   "measurement. Wall time on the shared machine includes waiting for a core; CPU time "
+                   "does not.")
         out.append("")
-    for key, what in (("ms_per_step", "time"), ("peak_mib", "peak memory")):
+    for key, what in (("ms_per_step", "wall time"), ("cpu_ms_per_step", "CPU time"),
+                      ("peak_mib", "peak memory")):
         fit = src.get(f"dam_fit_{key}", note=False)
         if isinstance(fit, list) and len(fit) == 2:
             out.append(f"- DAM {what} fit: log y = {num(fit[0], 3)} log N {'+' if fit[1] >= 0 else '-'} "
@@ -476,6 +534,31 @@ def index_section(src):
                    "(target <= 1.5)")
         out.append(f"- samcpu cost, largest N over smallest N: {num(src.get('cost', 'ratio_n'), 2)}")
         out.append("")
+    for key, title in (("gaussian", "this tree's index"), ("gaussian_before", "the index before")):
+        g = src.get(key, note=False)
+        if isinstance(g, dict) and isinstance(g.get("gaussian"), dict):  # a whole index.json merged in
+            g = g["gaussian"]
+        if not isinstance(g, dict):
+            continue
+        if key == "gaussian":
+            out.append("### Gaussian writes and queries, one thread each")
+            out.append("")
+        bare = g.get("bare") if isinstance(g.get("bare"), dict) else {}
+        sam = g.get("samcpu") if isinstance(g.get("samcpu"), dict) else {}
+        out += table(["", "mean ms", "median ms", "p90 ms", "CPU s", "index at the end"],
+                     [["bare hnswlib", num(bare.get("mean_ms")), num(bare.get("median_ms")),
+                       num(bare.get("p90_ms")),
+                       num(g.get("bare_cpu_s")), ""],
+                      [f"samcpu, N = {num(sam.get('n'), 0)}", num(sam.get("mean_ms")),
+                       num(sam.get("median_ms")),
+                       num(sam.get("p90_ms")), num(g.get("samcpu_cpu_s")), _index_counts(sam.get("index"))]])
+        out.append(f"{title[0].upper() + title[1:]} (`{key}`): samcpu / bare hnswlib "
+                   f"{num(g.get('ratio_mean'), 2)} "
+                   f"by means, {num(g.get('ratio_median'), 2)} by medians, "
+                   f"{num(g.get('ratio_cpu'), 2)} by CPU "
+                   f"time; one episode of {num(g.get('steps'), 0)} steps, B = 8, H = 4, K = 4, W = 32, "
+                   f"Gaussian writes and queries; load average {_loads(g.get('loadavg'), None)} at the end.")
+        out.append("")
     full = src.get("full", note=False)
     if isinstance(full, dict):
         w = "full"
@@ -518,6 +601,9 @@ def learning_section(src):
     slots = slots if isinstance(slots, dict) else {}
     rows = []
     runs = src.rows("runs")
+    old = old_dam(src)
+    hidden = [r for _, r in runs if old and str(r.get("model")).lower() == "dam"]
+    runs = [(w, r) for w, r in runs if not any(r is h for h in hidden)]
     for w, r in runs:
         model = str(src.at(r, ["model"], w))
         rows.append([str(src.at(r, ["task"], w)), model.upper(), num(slots.get(model), 0),
@@ -533,6 +619,19 @@ def learning_section(src):
                "on sequences at the task's full difficulty, drawn with a seed no run saw (mean ± standard "
                "error).")
     out.append("")
+    if hidden:
+        which = "; ".join(
+            f"{t} seeds " + ", ".join(num(v, 0) for v in sorted({h.get("seed") for h in hidden
+                                                                 if h.get("task") == t}, key=order))
+            for t in dict.fromkeys(h.get("task") for h in hidden))
+        out.append(f"**DAM: pending re-run.** The {len(hidden)} DAM learning runs in `{src.rel}` ({which}, "
+                   f"N={num(slots.get('dam'), 0)}) were trained with the old `samcpu.DAM` "
+                   "and predate the fair, "
+                   "vectorised DAM (issue 11), so they are not shown. To re-run them: move "
+                   "`runs/learning/*_dam_s*` aside; `python benchmarks/learning.py --models dam "
+                   "--minutes 20 7 7 "
+                   "--jobs 2`; then `python benchmarks/learning.py --eval-only --minutes 20 7 7`.")
+        out.append("")
     groups = {}
     for _, r in runs:
         v = r.get("eval_bits_error")
@@ -542,10 +641,13 @@ def learning_section(src):
         out.append(f"- {task}, {str(model).upper()}: mean over {len(vs)} seeds "
                    f"{num(sum(vs) / len(vs), 2)} bits per sequence")
     out.append("")
-    for task in dict.fromkeys(r.get("task") for _, r in runs):
-        png = os.path.join(os.path.dirname(src.path), f"learning_{task}.png")
-        if os.path.exists(png):
-            out.append(f"![{task}](../benchmarks/results/learning_{task}.png)")
+    pngs = [t for t in dict.fromkeys(r.get("task") for _, r in runs)
+            if os.path.exists(os.path.join(os.path.dirname(src.path), f"learning_{t}.png"))]
+    if hidden and pngs:
+        out.append("The plots (" + ", ".join(f"`benchmarks/results/learning_{t}.png`" for t in pngs)
+                   + ") also draw the old DAM's curves, so they are not shown until the DAM runs are redone.")
+    for task in pngs if not hidden else []:
+        out.append(f"![{task}](../benchmarks/results/learning_{task}.png)")
     out.append("")
     src.used.add("wall_minutes")
     return out
@@ -633,7 +735,80 @@ def recall_long_section(src):
     return out
 
 
+LONG_LABELS = {"before": "before (the index of commit 797c908)", "after": "after (this tree's index)"}
+
+
+def _loads(before, after):
+    v = [x[0] for x in (before, after) if isinstance(x, list) and x and isinstance(x[0], int | float)]
+    return " -> ".join(num(x, 1) for x in v) or "n/a"
+
+
 def long_episode_section(src):
+    if src.get("chunks", note=False) is not None and src.get("train", note=False) is None:
+        return long_episode_chunks(src)  # the layout before the before/after comparison
+    train = src.get("train")
+    return long_episode_train(src, train if isinstance(train, dict) else {})
+
+
+def long_episode_train(src, train):
+    out = []
+    rows = []
+    missing = [k for k in LONG_LABELS if k not in train]
+    settings = []
+    for label in list(LONG_LABELS) + [k for k in train if k not in LONG_LABELS]:
+        part = train.get(label)
+        if not isinstance(part, dict):
+            continue
+        w = f"train.{label}"
+        args = part.get("args") if isinstance(part.get("args"), dict) else {}
+        settings.append(f"{label}: commit {commit_of(part.get('machine')) or 'n/a'}, "
+                        f"B={num(part.get('batch'), 0)}, "
+                        f"N={num(part.get('slots'), 0)}, {num(args.get('threads'), 0)} thread(s), "
+                        f"{num(args.get('repeats'), 0)} repeats, checkpoint "
+                        f"`{relpath(str(args.get('checkpoint')))}`")
+        for i, r in enumerate(x for x in (src.at(part, ["rows"], w) or []) if isinstance(x, dict)):
+            rw = f"{w}.rows[{i}]"
+            rows.append([LONG_LABELS.get(label, label), str(src.at(r, ["model"], rw)),
+                         str(src.at(r, ["load"], rw)),
+                         f"{num(r.get('short_steps'), 0)} / {num(r.get('long_steps'), 0)}",
+                         num(src.at(r, ["short_ms_median"], rw)), num(src.at(r, ["long_ms_median"], rw)),
+                         num(src.at(r, ["ratio"], rw)), num(src.at(r, ["cpu_ratio"], rw)),
+                         _loads(r.get("loadavg_before"), r.get("loadavg_after")),
+                         _index_counts(r.get("index"))])
+    if rows:
+        out += table(["index", "model", "machine", "steps short / long", "short ms/step", "long ms/step",
+                      "long / short, wall", "long / short, CPU", "load average before -> after",
+                      "index at the end of the long episode"], rows, "lllrrrrrll")
+        out.append("Forward steps of associative recall (the recall_long checkpoint, or an untrained model "
+                   "of "
+                   "the same shape), one short episode against one long episode, median over the repeats; "
+                   "\"busy\": run beside a CPU load, \"quiet\": not. Issue 14's targets: long / short <= 1.5 "
+                   "quiet and <= 2 busy.")
+        out.append("")
+    for line in settings:
+        out.append(f"- {line}")
+    if settings:
+        out.append("")
+    if missing:
+        out.append("Not measured yet (no `train." + "`, `train.".join(missing) + "` in the JSON): "
+                   + "; ".join(LONG_LABELS[k] for k in missing) + ".")
+        out.append("")
+    prof = src.get("profile", note=False)
+    if isinstance(prof, dict):
+        out.append("`profile`: " + ", ".join(f"{k}={scalar(v)}" for k, v in prof.items()
+                                             if not isinstance(v, dict | list)))
+        for k, v in prof.items():
+            if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                cols = list(dict.fromkeys(c for x in v for c in x))
+                out += ["", f"`profile.{k}`:", ""] + table(
+                    cols, [[scalar(x[c]) if c in x else "" for c in cols] for x in v], "l" * len(cols))
+            elif isinstance(v, dict):
+                out += ["", f"- `profile.{k}`: {scalar(v)}"]
+        out.append("")
+    return out
+
+
+def long_episode_chunks(src):
     out = []
     chunks = src.rows("chunks")
     out += table(["steps", "ms per step"],
@@ -660,7 +835,42 @@ def long_episode_section(src):
 
 def generic_section(src):
     """A JSON file no section knows: its top-level fields."""
-    return []
+    intro = next((text for prefix, _, text in EXTRA if src.rel.startswith(prefix)), None)
+    out = [intro, ""] if intro else []
+    stem = os.path.splitext(src.path)[0]
+    for png in (stem + ".png", stem + "_zoom.png"):
+        if intro and os.path.exists(png):
+            folder = os.path.dirname(src.rel)
+            out += [f"![{src.rel}](../benchmarks/results/"
+                    f"{folder + '/' if folder else ''}{os.path.basename(png)})", ""]
+    return out
+
+
+def soak_section(src):
+    out = []
+    wins = src.rows("windows")
+    out += table(["steps", "median µs per step", "p99 µs", "mean µs", "recall", "resident MiB", "index"],
+                 [[num(src.at(r, ["step"], w), 0), num(src.at(r, ["median_us"], w), 0),
+                   num(r.get("p99_us"), 0),
+                   num(r.get("mean_us"), 0), num(src.at(r, ["recall"], w), 3), mib(r.get("rss_bytes")),
+                   _index_counts(r.get("index"))] for w, r in wins])
+    cfg = src.get("config", note=False)
+    if isinstance(cfg, dict):
+        out.append("SparseMemory stepped with random inputs: "
+                   + ", ".join(f"{k}={scalar(v)}" for k, v in cfg.items())
+                   + "; each row: the window of steps ending there.")
+        out.append("")
+    saves = src.rows("saves")
+    if saves:
+        out += table(["at step", "save s", "load s", "MiB", "loaded equal"],
+                     [[num(r.get("step"), 0), num(r.get("save_s")), num(r.get("load_s")), mib(r.get("bytes")),
+                       scalar(r.get("equal"))] for _, r in saves])
+    summ = src.get("summary")
+    if isinstance(summ, dict):
+        out.append("Summary: " + ", ".join(f"{k}={scalar(v)}" for k, v in summ.items()) + ".")
+        out.append("")
+    src.used.update({"benchmark"})
+    return out
 
 
 # (file, title, renderer, command when the JSON does not record one)
@@ -678,7 +888,16 @@ SECTIONS = [
      f"{PY} benchmarks/recall_long.py"),
     ("long_episode.json", "Step time along one long episode", long_episode_section,
      f"{PY} benchmarks/long_episode.py"),
-    ("soak.json", "Soak", generic_section, None),
+    ("soak.json", "Soak: SparseMemory over many steps", soak_section, None),
+]
+
+# Folders and files whose JSON may appear (other helpers' runs): a title and a line said first.
+EXTRA = [
+    ("relapse/", "Copy relapse: ", "Runs of `benchmarks/relapse.py` (the copy task's relapses after it was "
+     "solved, and the change against them). Each JSON's fields are listed as recorded."),
+    ("synthetic_tasks", "SYNTHETIC data: ", "**SYNTHETIC data**: these figures come from generated stand-ins "
+     "for the bAbI and Omniglot data sets, not from the real data sets, and say nothing about the "
+     "paper's results on them."),
 ]
 
 
@@ -712,6 +931,8 @@ def render_section(src, title, render, command):
         return out + [f"`benchmarks/results/{src.rel}`: {src.error}.", ""]
     out += command_line(src, command)
     out += dam_warning(src)
+    out += loadavg_line(src)
+    src.used.update({"loadavg_start", "loadavg_end"})
     try:
         body = render(src) if isinstance(src.data, dict) else []
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
@@ -755,12 +976,48 @@ def _ns(rows):
     return "N = " + " / ".join(num(r.get("n"), 0) for r in rows)
 
 
+def _load(src):
+    """", load average a -> b" from the 1-minute load averages a run recorded, or ""."""
+    v = [src.get(k, note=False) for k in ("loadavg_start", "loadavg_end")]
+    v = [x[0] for x in v if isinstance(x, list) and x and isinstance(x[0], int | float)]
+    if not v:
+        return ""
+    return ", load average " + " -> ".join(num(x, 1) for x in v) + \
+        f" on {num(src.get('machine', 'nproc', note=False), 0)} cores" * isinstance(
+            src.get("machine", "nproc", note=False), int)
+
+
 def head_step(step):
     sam = sorted((r for _, r in step.rows("results") if r.get("model") == "SAM"
                   and isinstance(r.get("ms_per_step"), int | float)), key=lambda r: order(r.get("n")))
-    return (_numbers(sam, "ms_per_step", 2),
+    cpu = all(isinstance(r.get("cpu_ms_per_step"), int | float) for r in sam) and sam
+    return (_numbers(sam, "ms_per_step", 2) + (" wall; " + _numbers(sam, "cpu_ms_per_step", 2) + " CPU"
+                                               if cpu else ""),
             f"{_ns(sam)}; forward + backward + RMSprop, B = {num(step.get('args', 'batch', note=False), 0)}, "
-            f"T = {num(step.get('args', 'steps', note=False), 0)}")
+            f"T = {num(step.get('args', 'steps', note=False), 0)}, "
+            f"threads = {num(step.get('args', 'threads', note=False), 0)}"
+            f"{_load(step)}")
+
+
+def head_step_dam(step):
+    if old_dam(step):
+        return PENDING, "the old `samcpu.DAM` was not a fair baseline (issue 11)"
+    d = step.get("derived")
+    if not isinstance(d, dict):
+        return "n/a", "no derived figures in step.json"
+    ns = sorted({int(m.group(1)) for k in d if (m := re.fullmatch(r"dam_over_sam_(\d+)", k))
+                 and isinstance(d[k], int | float)})
+    if not ns:
+        return "n/a", "no N at which both were measured"
+    n = ns[-1]
+    wall, cpu = d[f"dam_over_sam_{n}"], d.get(f"dam_over_sam_cpu_{n}")
+    dam = next((r for _, r in step.rows("results") if r.get("model") == "DAM" and r.get("n") == n), {})
+    label = d.get("dam_1e6_label") if n == 1_000_000 else "measured"
+    return (num(wall, 0, "x wall") + (", " + num(cpu, 0, "x CPU") if isinstance(cpu, int | float) else ""),
+            f"N = {num(n, 0)}, {label if isinstance(label, str) else 'n/a'}, side by side in one run, "
+            f"B = {num(step.get('args', 'batch', note=False), 0)}, threads = "
+            f"{num(step.get('args', 'threads', note=False), 0)}, DAM T = "
+            f"{num(dam.get('steps'), 0)}{_load(step)}")
 
 
 def head_memory(memory):
@@ -786,12 +1043,25 @@ def head_dam(key):
         if old_dam(scaling):
             return PENDING, ("the old `samcpu.DAM` was not a fair baseline (issue 11); `make results` fills "
                              "this in from the new measurement")
-        both = [r for r in _scaling_sam(scaling) if isinstance(r.get(f"dam_over_sam_{key}"), int | float)
-                and not r.get(f"dam_over_sam_{key}_fitted")]
+        sam = sorted((r for _, r in scaling.rows("sam")
+                      if isinstance(r.get(f"dam_over_sam_{key}"), int | float)),
+                     key=lambda r: order(r.get("n")))
+        both = [r for r in sam if not r.get(f"dam_over_sam_{key}_fitted")]
         if not both:
             return "n/a", "no N at which both were measured"
-        return (num(both[-1][f"dam_over_sam_{key}"], 0, "x"),
-                f"{_ns(both[-1:])}, the largest N at which both ran, measured in one run")
+        last = both[-1]
+        measured = num(last[f"dam_over_sam_{key}"], 0, "x")
+        if key == "ms_per_step":
+            measured += " wall"
+            cpu = last.get("dam_over_sam_cpu_ms_per_step")
+            if isinstance(cpu, int | float) and not last.get("dam_over_sam_cpu_ms_per_step_fitted"):
+                measured += ", " + num(cpu, 0, "x CPU")
+        fitted = [r for r in sam if r.get(f"dam_over_sam_{key}_fitted")]
+        beyond = ("; beyond it DAM is fitted, not measured (" + ", ".join(
+            f"{num(r[f'dam_over_sam_{key}'], 0, 'x')} at {num(r.get('n'), 0)}" for r in fitted) + ")"
+                  if fitted else "")
+        return (measured, f"{_ns([last])}, the largest N at which both ran, measured in one run"
+                f"{_load(scaling) if key == 'ms_per_step' else ''}{beyond}")
     return make
 
 
@@ -814,6 +1084,7 @@ HEADLINE = [
     ("SAM training memory per step, KiB", "memory.json", head_memory),
     ("SAM peak training memory, MiB", "scaling/scaling.json", head_peak),
     ("DAM / SAM, time per step", "scaling/scaling.json", head_dam("ms_per_step")),
+    ("DAM / SAM, time per step at N = 1e6", "step.json", head_step_dam),
     ("DAM / SAM, peak memory", "scaling/scaling.json", head_dam("peak_mib")),
     ("Copy task, SAM, bits error per sequence", "learning.json", head_copy),
 ]
@@ -847,7 +1118,8 @@ def results_md(results=RESULTS):
     out += ["Contents: " + " · ".join(f"[{t}](#{anchor(t)})" for _, t, _, _ in SECTIONS), ""]
     titles = {rel: t for rel, t, _, _ in SECTIONS}
     for rel, src in sources.items():
-        title = titles.get(rel, f"Other results: {rel}")
+        title = titles.get(rel) or next((f"{t}{rel}" for prefix, t, _ in EXTRA if rel.startswith(prefix)),
+                                        f"Other results: {rel}")
         render = next((r for f, _, r, _ in SECTIONS if f == rel), generic_section)
         command = next((c for f, _, _, c in SECTIONS if f == rel), None)
         out += render_section(src, title, render, command)

@@ -88,8 +88,25 @@ def test_headline_sam_step_time_equals_step_json():
     measured, conditions = headline_cells()["SAM training step, ms"]
     sam = sorted((r for r in load("step.json")["results"] if r["model"] == "SAM"), key=lambda r: r["n"])
     assert sam, "step.json has no SAM rows"
-    assert_printed(measured, [r["ms_per_step"] for r in sam])
+    cpu = [r["cpu_ms_per_step"] for r in sam if "cpu_ms_per_step" in r]
+    assert_printed(measured, [r["ms_per_step"] for r in sam] + (cpu if len(cpu) == len(sam) else []))
     assert ns_of(conditions) == [r["n"] for r in sam]
+    if cpu:
+        assert "wall" in measured and "CPU" in measured
+
+
+def test_headline_dam_at_1e6_equals_step_json():
+    measured, conditions = headline_cells()["DAM / SAM, time per step at N = 1e6"]
+    data = load("step.json")
+    derived = data["derived"]
+    n = max(int(k.rsplit("_", 1)[1]) for k in derived if re.fullmatch(r"dam_over_sam_\d+", k))
+    assert_printed(measured, [derived[f"dam_over_sam_{n}"], derived[f"dam_over_sam_cpu_{n}"]])
+    assert ns_of(conditions) == [n]
+    assert "old DAM" not in measured
+    dam = next(r for r in data["results"] if r["model"] == "DAM" and r["n"] == n)
+    assert f"DAM T = {dam['steps']:,d}" in conditions
+    if n == 1_000_000:
+        assert derived["dam_1e6_label"] in conditions
 
 
 def test_headline_sam_memory_equals_memory_json():
@@ -114,9 +131,20 @@ def test_headline_sam_peak_and_dam_ratios_equal_scaling_json():
             assert measured == make_results.PENDING
             continue
         both = [r for r in sam if f"dam_over_sam_{key}" in r and not r.get(f"dam_over_sam_{key}_fitted")]
-        assert measured.endswith("x")
-        assert_printed(measured, [both[-1][f"dam_over_sam_{key}"]])
-        assert ns_of(conditions) == [both[-1]["n"]]
+        last = both[-1]
+        want = [last[f"dam_over_sam_{key}"]]
+        if key == "ms_per_step" and "dam_over_sam_cpu_ms_per_step" in last:
+            want.append(last["dam_over_sam_cpu_ms_per_step"])
+            assert measured.endswith("x CPU") and "x wall" in measured
+        else:
+            assert measured.endswith("x")
+        assert_printed(measured, want)
+        assert ns_of(conditions) == [last["n"]]
+        fitted = [r for r in sam if r.get(f"dam_over_sam_{key}_fitted")]
+        if fitted:  # values beyond the measured N are named as fitted, with their N
+            assert "fitted, not measured" in conditions
+            for r in fitted:
+                assert f"{r[f'dam_over_sam_{key}']:,.0f}x at {r['n']:,d}" in conditions
 
 
 def test_headline_copy_equals_learning_json():
@@ -149,7 +177,69 @@ def test_old_dam_is_recognised_and_a_rewritten_json_is_not(tmp_path, monkeypatch
     data["machine"] = {"git_commit": "f" * 40, "git_dirty": False}  # a new run
     path.write_text(json.dumps(data))
     want = data["sam"][-2]["dam_over_sam_ms_per_step"]
-    assert dam_cell() == f"{want:,.0f}x"
+    assert dam_cell().startswith(f"{want:,.0f}x wall")
+
+
+def test_old_dam_learning_runs_are_not_shown():
+    src = make_results.Source(RESULTS, "learning.json")
+    text = read("docs", "results.md")
+    section = text[text.index("## Learning"):]
+    section = section[:section.index("\n## ", 1)]
+    dam = [r for r in load("learning.json")["runs"] if r["model"] == "dam"]
+    if make_results.old_dam(src) and dam:
+        assert "| DAM |" not in section
+        for r in dam:  # no figure of an old DAM run
+            assert f"{r['eval_bits_error']:.3f} ± " not in section
+        assert "pending re-run" in section
+        assert "python benchmarks/learning.py --models dam --minutes 20 7 7 --jobs 2" in section
+        assert "python benchmarks/learning.py --eval-only --minutes 20 7 7" in section
+        assert "![" not in section  # the plots draw the old DAM's curves
+    assert "DAM" not in "".join(c[0] + c[1] for k, c in headline_cells().items() if "Copy" in k)
+
+
+def test_long_episode_new_layout_and_missing_labels(tmp_path):
+    shutil.copytree(RESULTS, tmp_path / "results", ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
+    row = {"model": "trained", "load": "quiet", "short_steps": 40, "long_steps": 4104, "short_ms_median": 5.5,
+           "long_ms_median": 7.25, "ratio": 1.318, "cpu_ratio": 1.25, "loadavg_before": [3.0, 1, 1],
+           "loadavg_after": [4.0, 1, 1], "index": {"live": 7}}
+    path = tmp_path / "results" / "long_episode.json"
+    path.write_text(json.dumps({"train": {"after": {"rows": [row], "batch": 8, "slots": 1000000}}}))
+    text = make_results.results_md(str(tmp_path / "results"))
+    assert ("| after (this tree's index) | trained | quiet | 40 / 4,104 | 5.50 | 7.25 | 1.32 | 1.25 "
+            "| 3.0 -> 4.0 |") in text
+    assert "Not measured yet (no `train.before` in the JSON)" in text
+    path.write_text(json.dumps({"train": {"before": {"rows": [row]}, "after": {"rows": [row]}},
+                                "profile": {"n": 3}}))
+    text = make_results.results_md(str(tmp_path / "results"))
+    assert "Not measured yet" not in text and "| before (the index of commit 797c908) | trained |" in text
+    assert "`profile`: n=3" in text
+
+
+def test_index_gaussian_sections(tmp_path):
+    shutil.copytree(RESULTS, tmp_path / "results", ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
+    path = tmp_path / "results" / "index.json"
+    data = json.loads(path.read_text())
+    g = {"steps": 4104, "bare": {"mean_ms": 2.0, "median_ms": 1.5, "p90_ms": 3.0},
+         "samcpu": {"n": 1000000, "mean_ms": 2.5, "median_ms": 1.0, "p90_ms": 3.5}, "bare_cpu_s": 8.0,
+         "samcpu_cpu_s": 9.0, "ratio_mean": 1.25, "ratio_median": 0.667, "ratio_cpu": 1.125,
+         "loadavg": [4.5, 4, 4]}
+    data["gaussian"] = g
+    data["gaussian_before"] = {"gaussian": {**g, "ratio_mean": 3.5}}  # a whole index.json merged in
+    path.write_text(json.dumps(data))
+    text = make_results.results_md(str(tmp_path / "results"))
+    assert "### Gaussian writes and queries, one thread each" in text
+    assert ("This tree's index (`gaussian`): samcpu / bare hnswlib 1.25 by means, 0.67 by medians, "
+            "1.12") in text
+    assert "The index before (`gaussian_before`): samcpu / bare hnswlib 3.50 by means" in text
+    assert "| samcpu, N = 1,000,000 | 2.50 | 1.00 | 3.50 | 9.00 |" in text
+
+
+def test_synthetic_results_are_labelled(tmp_path):
+    shutil.copytree(RESULTS, tmp_path / "results", ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
+    (tmp_path / "results" / "synthetic_tasks.json").write_text(json.dumps({"babi_error": 0.5}))
+    text = make_results.results_md(str(tmp_path / "results"))
+    section = text[text.index("## SYNTHETIC data: synthetic_tasks.json"):]
+    assert "**SYNTHETIC data**" in section and "`babi_error`: 0.5" in section
 
 
 # ---------------------------------------------------------------------------- robustness
@@ -169,7 +259,8 @@ def mutations(data, path=()):
 
 
 @pytest.mark.parametrize("rel", ["step.json", "memory.json", "scaling/scaling.json", "kernels.json",
-                                 "index.json", "learning.json", "recall_long.json", "long_episode.json"])
+                                 "index.json", "learning.json", "recall_long.json", "long_episode.json",
+                                 "soak.json"])
 def test_generator_survives_json_lacking_fields(tmp_path, rel):
     shutil.copytree(RESULTS, tmp_path / "results", ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
     path = tmp_path / "results" / rel
