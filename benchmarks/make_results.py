@@ -1023,8 +1023,13 @@ def head_step_dam(step):
 def head_memory(memory):
     sam = sorted((d for _, d in memory.rows("derived") if d.get("model") == "sam"
                   and isinstance(d.get("peak_per_step"), int | float)), key=lambda d: order(d.get("n")))
+    spans = {(d.get("t_lo", 100), d.get("t_hi", 1000)) for d in sam}
+    lo, hi = spans.pop() if len(spans) == 1 else (None, None)
+    span = (f"(peak(T = {num(hi, 0)}) - peak(T = {num(lo, 0)})) / {num(div(hi, 1) - lo, 0)}"
+            if div(hi, 1) is not None and div(lo, 1) is not None
+            else "(peak(T_hi) - peak(T_lo)) / (T_hi - T_lo)")
     return (_numbers(sam, "peak_per_step", 1, KIB),
-            f"{_ns(sam)}; B = 1, (peak(T = 1,000) - peak(T = 100)) / 900")
+            f"{_ns(sam)}; B = 1, {span}")
 
 
 def _scaling_sam(scaling):
