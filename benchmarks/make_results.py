@@ -1065,8 +1065,14 @@ def head_dam(key):
         beyond = ("; beyond it DAM is fitted, not measured (" + ", ".join(
             f"{num(r[f'dam_over_sam_{key}'], 0, 'x')} at {num(r.get('n'), 0)}" for r in fitted) + ")"
                   if fitted else "")
-        return (measured, f"{_ns([last])}, the largest N at which both ran, measured in one run"
-                f"{_load(scaling) if key == 'ms_per_step' else ''}{beyond}")
+        st = scaling.get("settings", note=False)
+        st = st if isinstance(st, dict) else {}
+        how = (f"B = {num(st.get('batch'), 0)}, T = {num(st.get('steps'), 0)}, torch threads = "
+               f"{num(st.get('torch_threads'), 0)}{_load(scaling)}" if key == "ms_per_step" else
+               f"B = {num(st.get('memory_batch'), 0)}, T = {num(st.get('memory_steps'), 0)}, "
+               "growth of peak RSS")
+        return (measured,
+                f"{_ns([last])}, the largest N at which both ran, measured in one run, {how}{beyond}")
     return make
 
 
