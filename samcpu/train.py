@@ -43,7 +43,7 @@ MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_ite
 DEFAULTS = dict(task="copy", model="sam", slots=1_000_000, batch=8, max_level=None, steps=10_000,
                 minutes=None, lr=3e-4, momentum=0.9, clip=10.0, hidden=100, word=32, heads=4, k=4,
                 index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0, threads=2, torch_threads=1,
-                checkpoint_every=200, data=None)
+                checkpoint_every=200, data=None, anneal=0.5, anneal_floor=0.0625)
 #: defaults that differ by task (their curriculum error is a share of answers, not bits)
 TASK_DEFAULTS = {"omniglot": dict(threshold=0.1)}
 
@@ -51,7 +51,8 @@ TASK_DEFAULTS = {"omniglot": dict(threshold=0.1)}
 RUN_ARGS = ("task", "model", "slots", "batch", "max_level", "hidden", "word", "heads", "k", "index",
             "curriculum", "patience", "seed", "momentum")
 #: arguments a resumed run may change (from its next episode on; recorded in the checkpoint)
-RESUMABLE_ARGS = ("steps", "lr", "clip", "threshold", "threads", "torch_threads", "checkpoint_every", "data")
+RESUMABLE_ARGS = ("steps", "lr", "clip", "threshold", "threads", "torch_threads", "checkpoint_every", "data",
+                  "anneal", "anneal_floor")
 
 CHECKPOINT_KEYS = ("model", "optimizer", "curriculum", "task_rng", "level_rng", "torch_rng", "episode",
                    "args")
@@ -501,8 +502,7 @@ def _train_locked(args, ckpt_path):
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"--resume: {ckpt_path} does not fit this run ({_first_line(e)})") from None
         # the arguments a resume may change take effect here (the checkpoint's when not given)
-        for group in opt.param_groups:
-            group["lr"] = args.lr
+        set_learning_rate(opt, args, curriculum)
         curriculum.threshold = float(args.threshold)
         episode = ck["episode"]
         resumes = list(ck.get("resumes", []))
@@ -559,6 +559,7 @@ def _train_locked(args, ckpt_path):
                         ms = 1e3 * (time.perf_counter() - t0) / batch.input.shape[0]
                         bits = task_error(task, logits, batch)
                         curriculum.update(bits)
+                        set_learning_rate(opt, args, curriculum)
                         episode += 1
                         before = None
                         writer.writerow(dict(zip(fields, (
@@ -671,6 +672,17 @@ def _int_arg(minimum=1, maximum=None):
 positive_int_arg = _int_arg(1)
 
 
+def set_learning_rate(opt, args, curriculum):
+    """The learning rate after annealing: ``--lr`` times ``--anneal`` for every time the
+    curriculum's hardest levels have passed at the top level, never below ``--anneal-floor``
+    times ``--lr``. RMSProp divides each gradient by its recent scale, so once a task is solved
+    a rare error's gradient (clipped or not) becomes a full-size step; without annealing,
+    training on copy relapsed from 0 to 30-70 bits again and again (benchmarks/relapse.py)."""
+    factor = max(args.anneal_floor, args.anneal ** curriculum.solved_at_max)
+    for group in opt.param_groups:
+        group["lr"] = args.lr * factor
+
+
 def _float_arg(low, high=None, low_open=True, high_open=True):
     """An argparse type: a finite float in the interval given (open or closed ends)."""
     lo = "(" if low_open else "["
@@ -726,6 +738,11 @@ def add_arguments(p):
     p.add_argument("--momentum", type=_float_arg(0, 1, low_open=False),
                    help=_with_default("momentum", "RMSProp, in [0, 1)"))
     p.add_argument("--clip", type=positive_float, help=_with_default("clip", "gradient norm clip"))
+    p.add_argument("--anneal", type=_float_arg(0, 1, high_open=False),
+                   help=_with_default("anneal", "learning-rate factor each time the curriculum's hardest "
+                                                "levels pass at the top level (1: never)"))
+    p.add_argument("--anneal-floor", type=_float_arg(0, 1, high_open=False),
+                   help=_with_default("anneal_floor", "lowest learning rate, as a share of --lr"))
     p.add_argument("--hidden", type=positive, help=_with_default("hidden", "LSTM units"))
     p.add_argument("--word", type=positive, help=_with_default("word", "word size W"))
     p.add_argument("--heads", type=positive, help=_with_default("heads", "read/write heads"))
