@@ -276,6 +276,11 @@ def test_the_generator_is_seeded_and_never_writes_beside_real_files(tmp_path, sy
     write_synthetic_babi(tmp_path / "a", train_questions=60, test_questions=30, seed=3)
     for f in synthetic.iterdir():
         assert (tmp_path / "a" / f.name).read_bytes() == f.read_bytes()
+    write_synthetic_babi(tmp_path / "short", tasks=(3, 6), train_questions=8, test_questions=2,
+                         questions_per_story=1)
+    short = read_babi(tmp_path / "short")
+    assert all(len(s.questions) == 1 for t in (3, 6) for s in short.train[t] + short.test[t])
+    assert len(short.train[3]) == 8 and all(len(simulate(s)) == 1 for s in short.train[3])
     real = write(tmp_path / "real", {"qa1_x_train.txt": QA1})
     with pytest.raises(DataError, match="refusing"):
         write_synthetic_babi(real)
@@ -361,6 +366,14 @@ def test_train_babi_runs_evaluates_and_says_synthetic(tmp_path, small, capsys):
     assert run(["--steps", "3", "--out", str(out), "--resume", *TINY], capsys)[0] == 0
     key = lambda p: [r.split(",")[:5] for r in (p / "metrics.csv").read_text().splitlines()]  # noqa: E731
     assert key(out) == key(ref)
+
+
+def test_train_babi_with_dam(tmp_path, small, capsys):
+    out = tmp_path / "dam"
+    code, printed, err = run(["--task", "babi", "--model", "dam", "--data", str(small), "--steps", "1",
+                              "--out", str(out), *TINY], capsys)
+    assert code == 0, err
+    assert json.loads((out / "eval.json").read_text())["per_task"]["1"]["questions"] == 5
 
 
 @pytest.mark.parametrize("argv, says", [

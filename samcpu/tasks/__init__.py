@@ -2,7 +2,8 @@
 
 Each task has ``input_size``, ``output_size``, ``max_level`` and
 ``sample(batch_size, level=None) -> Batch(input, target, mask)`` with time-major float32
-tensors (T, B, input_size), (T, B, output_size), (T, B).
+tensors (T, B, input_size), (T, B, output_size), (T, B). ``DATA_TASKS`` (bAbI, Omniglot) read a
+data set's folder (``data=``) and declare ``loss = "softmax"`` and an ``error`` method.
 """
 from .answers import DataError, answer_error, masked_cross_entropy
 from .babi import BabiTask, read_babi

@@ -33,8 +33,8 @@ TASK_FILES = {1: "qa1_single-supporting-fact", 2: "qa2_two-supporting-facts",
               3: "qa3_three-supporting-facts", 6: "qa6_yes-no-questions"}
 
 MARK_TEXT = """SYNTHETIC DATA: made by samcpu (python -m samcpu.tasks.synthetic_babi), NOT the bAbI data set.
-Stories in the bAbI file format for tasks {tasks}, seed {seed}. Results on these stories
-are results on synthetic data, never on bAbI (Weston et al. 2015).
+Stories in the bAbI file format for tasks {tasks}, seed {seed}, questions per story: {per}.
+Results on these stories are results on synthetic data, never on bAbI (Weston et al. 2015).
 """
 
 
@@ -171,18 +171,19 @@ def make_story(task, rng, questions=5, max_lines=80):
             return lines
 
 
-def make_file(task, num_questions, rng):
+def make_file(task, num_questions, rng, questions_per_story=5):
     """The text of a file with stories of ``task`` holding ``num_questions`` questions in all
-    (the last story may hold more)."""
+    (the last story may hold more), ``questions_per_story`` per story."""
     out, count = [], 0
     while count < num_questions:
-        story = make_story(task, rng)
+        story = make_story(task, rng, questions_per_story)
         out.extend(story)
         count += sum("\t" in line for line in story)
     return "\n".join(out) + "\n"
 
 
-def write_synthetic_babi(folder, tasks=(1, 2, 3, 6), train_questions=1000, test_questions=200, seed=0):
+def write_synthetic_babi(folder, tasks=(1, 2, 3, 6), train_questions=1000, test_questions=200, seed=0,
+                         questions_per_story=5):
     """Write SYNTHETIC bAbI-format files ``qa{N}_{name}_{train,test}.txt`` and ``SYNTHETIC.txt``
     into ``folder`` (made if needed).
 
@@ -196,6 +197,8 @@ def write_synthetic_babi(folder, tasks=(1, 2, 3, 6), train_questions=1000, test_
     train_questions, test_questions : int
         Questions per task in each split (at least; stories are kept whole).
     seed : int
+    questions_per_story : int
+        Questions in each story (5, as in bAbI's task 1; fewer make shorter, easier stories).
 
     Returns
     -------
@@ -209,6 +212,7 @@ def write_synthetic_babi(folder, tasks=(1, 2, 3, 6), train_questions=1000, test_
         raise ValueError(f"tasks must be among {sorted(TASK_FILES)}, got {list(tasks)}")
     train_questions = check_int(train_questions, "train_questions", 1)
     test_questions = check_int(test_questions, "test_questions", 1)
+    questions_per_story = check_int(questions_per_story, "questions_per_story", 1)
     os.makedirs(folder, exist_ok=True)
     if not os.path.isfile(os.path.join(folder, SYNTHETIC_MARK)) and any(
             FILE_PATTERN.match(n) for n in os.listdir(folder)):
@@ -216,13 +220,13 @@ def write_synthetic_babi(folder, tasks=(1, 2, 3, 6), train_questions=1000, test_
                         "write synthetic files beside them")
     rng = np.random.default_rng(seed)
     with open(os.path.join(folder, SYNTHETIC_MARK), "w") as f:
-        f.write(MARK_TEXT.format(tasks=", ".join(map(str, tasks)), seed=seed))
+        f.write(MARK_TEXT.format(tasks=", ".join(map(str, tasks)), seed=seed, per=questions_per_story))
     written = []
     for task in tasks:
         for split, count in (("train", train_questions), ("test", test_questions)):
             path = os.path.join(folder, f"{TASK_FILES[task]}_{split}.txt")
             with open(path, "w") as f:
-                f.write(make_file(task, count, rng))
+                f.write(make_file(task, count, rng, questions_per_story))
             written.append(path)
     return written
 
@@ -235,11 +239,14 @@ def main(argv=None):
     p.add_argument("--tasks", default="1,2,3,6", help="comma-separated, among 1, 2, 3, 6 (default all)")
     p.add_argument("--train-questions", type=int, default=1000, help="per task (default 1000)")
     p.add_argument("--test-questions", type=int, default=200, help="per task (default 200)")
+    p.add_argument("--questions-per-story", type=int, default=5,
+                   help="(default 5, as bAbI's task 1; fewer: shorter, easier stories)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
         tasks = [int(t) for t in a.tasks.split(",")]
-        files = write_synthetic_babi(a.out, tasks, a.train_questions, a.test_questions, a.seed)
+        files = write_synthetic_babi(a.out, tasks, a.train_questions, a.test_questions, a.seed,
+                                     a.questions_per_story)
     except ValueError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
