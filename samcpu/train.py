@@ -44,8 +44,9 @@ DEFAULTS = dict(task="copy", model="sam", slots=1_000_000, batch=8, max_level=No
                 minutes=None, lr=3e-4, momentum=0.9, clip=10.0, hidden=100, word=32, heads=4, k=4,
                 index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0, threads=2, torch_threads=1,
                 checkpoint_every=200, data=None, anneal=0.5, anneal_floor=0.0625)
-#: defaults that differ by task (their curriculum error is a share of answers, not bits)
-TASK_DEFAULTS = {"omniglot": dict(threshold=0.1)}
+#: defaults that differ by task (their curriculum error is a share of answers, not bits; babi has
+#: one level, so its threshold only says when it counts as solved, which --anneal follows)
+TASK_DEFAULTS = {"babi": dict(threshold=0.05), "omniglot": dict(threshold=0.1)}
 
 #: arguments that define a run: a resumed run refuses other values than its checkpoint's
 RUN_ARGS = ("task", "model", "slots", "batch", "max_level", "hidden", "word", "heads", "k", "index",
@@ -752,7 +753,7 @@ def add_arguments(p):
     p.add_argument("--threshold", type=_float_arg(0, low_open=False),
                    help=_with_default("threshold", "curriculum: bits error per sequence; omniglot: share of "
                                                    "wrong labels after a character's first showing, default "
-                                                   "0.1"))
+                                                   "0.1; babi: share of wrong answer words, default 0.05"))
     p.add_argument("--patience", type=positive,
                    help=_with_default("patience", "curriculum: episodes averaged"))
     p.add_argument("--seed", type=_int_arg(0, 2**63 - 2), help=_with_default("seed"))
