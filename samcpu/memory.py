@@ -434,7 +434,7 @@ class SparseMemory:
 
     @_exclusive
     def backward_step(self, position, grad_reads, grad_weights, query, strength, add, write_gate,
-                      interp_gate, grad):
+                      interp_gate, grad, check_inputs=True):
         """Backpropagate through journaled step t = ``position``: rewind to the memory after
         step t, add the read's gradient to ``grad`` (dL/dM_t on entry), compute the gradients
         of the step's inputs, and leave dL/dM_{t-1} in ``grad``. Call it for t = T, T-1, ...
@@ -450,6 +450,9 @@ class SparseMemory:
         query, strength, add, write_gate, interp_gate : the inputs step t was given (as in
                                   :meth:`step`; they are not journaled)
         grad : samcpu.backprop.MemoryGradient  made for this memory's (B, N, W)
+        check_inputs : bool       False skips the value checks of the five inputs (shapes are
+                                  still checked): only for arrays :meth:`step` accepted, as the
+                                  torch bridge passes
 
         Returns
         -------
@@ -464,11 +467,19 @@ class SparseMemory:
                              f"got {position}")
         b, h, w, k = self.batch_size, self.num_heads, self.word_size, self.k
         bhw, bh = (b, h, w), (b, h)
-        inputs = [self._check("query", query, bhw, "(batch_size, num_heads, word_size)"),
-                  self._check("strength", strength, bh, "(batch_size, num_heads)"),
-                  self._check("add", add, bhw, "(batch_size, num_heads, word_size)"),
-                  self._check("write_gate", write_gate, bh, "(batch_size, num_heads)"),
-                  self._check("interp_gate", interp_gate, bh, "(batch_size, num_heads)")]
+        if check_inputs:
+            inputs = [self._check("query", query, bhw, "(batch_size, num_heads, word_size)"),
+                      self._check("strength", strength, bh, "(batch_size, num_heads)"),
+                      self._check("add", add, bhw, "(batch_size, num_heads, word_size)"),
+                      self._check("write_gate", write_gate, bh, "(batch_size, num_heads)"),
+                      self._check("interp_gate", interp_gate, bh, "(batch_size, num_heads)")]
+        else:
+            inputs = [np.ascontiguousarray(x, dtype=self.dtype) for x in
+                      (query, strength, add, write_gate, interp_gate)]
+            for name, x, shape in zip(("query", "strength", "add", "write_gate", "interp_gate"), inputs,
+                                      (bhw, bh, bhw, bh, bh), strict=True):
+                if x.shape != shape:
+                    raise ValueError(f"{name} has shape {x.shape} but expected {shape}")
         grads = []
         for name, value, shape, what in (
                 ("grad_reads", grad_reads, bhw, "(batch_size, num_heads, word_size)"),

@@ -124,6 +124,17 @@ def test_backward_step_refuses_bad_arguments_and_changes_nothing():
     assert_same(snapshot(mem), before)
     with pytest.raises(ValueError, match=r"b must be an integer in \[0, 1\]"):
         grad.rows(2)
+    # check_inputs=False (the bridge's path, for arrays step() accepted) still checks shapes
+    args = dict(position=3, grad_reads=g_r, grad_weights=None, grad=grad, check_inputs=False,
+                **dict(zip(NAMES, inputs[2], strict=True)))
+    with pytest.raises(ValueError, match=r"query has shape \(2, 2\)"):
+        mem.backward_step(**{**args, "query": np.ones((B, H))})
+    assert_same(snapshot(mem), before)
+    fast = mem.backward_step(**args)
+    mem.replay()
+    slow = mem.backward_step(**{**args, "check_inputs": True, "grad": MemoryGradient(mem)})
+    for x, y in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_memory_gradient_grows_and_clears():

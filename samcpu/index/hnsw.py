@@ -356,7 +356,8 @@ class HNSWIndex(Index):
             self.row_label[b, rows[rows >= 0]] = 0
             buf = self.buffer
             buf.counts[b] = rowset_clear(buf.flags[b], buf.members[b], buf.counts[b])
-            self.graphs[b] = self._new_graph(b)
+            if g.next_label:  # a graph that never held a row is kept: init_index costs ~1.5 ms
+                self.graphs[b] = self._new_graph(b)
         self.flush_at[:] = self.flush_rows
 
     def __len__(self):
