@@ -779,11 +779,13 @@ def long_episode_train(src, train):
         out += table(["index", "model", "machine", "steps short / long", "short ms/step", "long ms/step",
                       "long / short, wall", "long / short, CPU", "load average before -> after",
                       "index at the end of the long episode"], rows, "lllrrrrrll")
-        out.append("Forward steps of associative recall (the recall_long checkpoint, or an untrained model "
-                   "of "
-                   "the same shape), one short episode against one long episode, median over the repeats; "
-                   "\"busy\": run beside a CPU load, \"quiet\": not. Issue 14's targets: long / short <= 1.5 "
-                   "quiet and <= 2 busy.")
+        out.append("Training steps (forward and backward through the whole episode, full BPTT, no "
+                   "optimiser update) of associative recall (the recall_long checkpoint's weights, or an "
+                   "untrained model of the same shape), per step: the median of 40 short episodes against "
+                   "one long episode, median over the repeats; one torch thread, --threads numba and index "
+                   "threads; \"busy\": beside one busy-loop process, \"quiet\": without it (the machine "
+                   "was shared with other work in both: see the load). Issue 14's targets: long / short "
+                   "<= 1.5 quiet and <= 2 busy.")
         out.append("")
     for line in settings:
         out.append(f"- {line}")
