@@ -582,14 +582,16 @@ def _train_locked(args, ckpt_path):
                 bar.close()
         if saved_at != episode:
             checkpoint()
+        interrupts.hold()  # a Ctrl-C during the plot and the summary only counts: they finish
+        synthetic = " (SYNTHETIC data)" if getattr(task, "synthetic", False) else ""
+        plot(csv_path, png_path, f"{args.model.upper()} on {args.task}{synthetic}, N={args.slots:,}, "
+             f"batch {args.batch}")
+        print(("interrupted: " if interrupts.count else "") + f"{episode} episodes; curriculum level "
+              f"{curriculum.current}/{task.max_level}")
+        print(f"learning curve: {png_path}\nmetrics:        {csv_path}\ncheckpoint:     {ckpt_path}",
+              flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
-    synthetic = " (SYNTHETIC data)" if getattr(task, "synthetic", False) else ""
-    plot(csv_path, png_path, f"{args.model.upper()} on {args.task}{synthetic}, N={args.slots:,}, "
-         f"batch {args.batch}")
-    print(("interrupted: " if interrupts.count else "") + f"{episode} episodes; curriculum level "
-          f"{curriculum.current}/{task.max_level}")
-    print(f"learning curve: {png_path}\nmetrics:        {csv_path}\ncheckpoint:     {ckpt_path}")
     if hasattr(task, "evaluate") and not interrupts.count:
         evaluate(task, model, args, curriculum.current, episode)
     print(f"go on with:     samcpu train {' '.join(_argv_of(args))} --resume  "
