@@ -8,25 +8,12 @@ the steps whose arg-max is not the target's class. Tasks declare ``loss = "softm
 import torch
 from torch.nn import functional as F
 
+from .metrics import check_episode
+
 
 class DataError(ValueError):
     """A data set on disk is missing, empty or malformed; the message names the file (and the
     line). A ``ValueError``, so callers that catch those keep working."""
-
-
-def _check_shapes(logits, target, mask):
-    logits, target, mask = (torch.as_tensor(x) for x in (logits, target, mask))
-    if logits.dim() != 3:
-        raise ValueError(f"logits must have shape (T, B, C), got {tuple(logits.shape)}")
-    if target.shape != logits.shape:
-        raise ValueError(f"target has shape {tuple(target.shape)} but logits have shape "
-                         f"{tuple(logits.shape)}")
-    if mask.shape != logits.shape[:2]:
-        raise ValueError(f"mask has shape {tuple(mask.shape)} but must be (T, B) = "
-                         f"{tuple(logits.shape[:2])}")
-    if logits.shape[1] < 1:
-        raise ValueError("logits must hold at least one episode (B >= 1)")
-    return logits, target, mask
 
 
 def masked_cross_entropy(logits, target, mask):
@@ -46,7 +33,7 @@ def masked_cross_entropy(logits, target, mask):
     torch.Tensor
         Scalar, differentiable in ``logits``.
     """
-    logits, target, mask = _check_shapes(logits, target, mask)
+    logits, target, mask = check_episode(logits, target, mask)
     per_step = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
     return (per_step * mask).sum() / logits.shape[1]
 
@@ -72,7 +59,7 @@ def answer_error(logits, target, mask):
     -------
     float
     """
-    logits, target, mask = _check_shapes(logits, target, mask)
+    logits, target, mask = check_episode(logits, target, mask)
     scored = mask.detach() != 0
     count = int(scored.sum())
     if count == 0:

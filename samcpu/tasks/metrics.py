@@ -22,7 +22,16 @@ def bits_error(logits, target, mask):
     float
         Mean over the B episodes of the number of wrong bits.
     """
-    logits, target, mask = (torch.as_tensor(x).detach() for x in (logits, target, mask))
+    logits, target, mask = (x.detach() for x in check_episode(logits, target, mask))
+    wrong = (logits > 0) != (target > 0.5)
+    scored = (mask != 0).unsqueeze(-1)
+    return (wrong & scored).sum().item() / logits.shape[1]
+
+
+def check_episode(logits, target, mask):
+    """(logits, target, mask) as tensors, or ``ValueError`` naming the one whose shape is wrong:
+    logits and target (T, B, C), mask (T, B), B >= 1."""
+    logits, target, mask = (torch.as_tensor(x) for x in (logits, target, mask))
     if logits.dim() != 3:
         raise ValueError(f"logits must have shape (T, B, C), got {tuple(logits.shape)}")
     if target.shape != logits.shape:
@@ -33,6 +42,4 @@ def bits_error(logits, target, mask):
                          f"{tuple(logits.shape[:2])}")
     if logits.shape[1] < 1:
         raise ValueError("logits must hold at least one episode (B >= 1)")
-    wrong = (logits > 0) != (target > 0.5)
-    scored = (mask != 0).unsqueeze(-1)
-    return (wrong & scored).sum().item() / logits.shape[1]
+    return logits, target, mask
