@@ -138,7 +138,7 @@ from conftest import assert_same, snapshot
 
 folder, trials = sys.argv[1], int(sys.argv[2])
 old, new = build(0), build(1)
-for m in (old, new):  # a save flushes the index: do it once, so that these equal what is saved
+for m in (old, new):  # saved once first, as the trials save them
     m.save(os.path.join(os.path.dirname(folder), "scratch", str(m.seed)))
 ALLOWED = ("meta.json", ".samcpu.lock")
 
@@ -213,7 +213,8 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_memory(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     results = {name: (what, strays) for name, what, strays in report["results"]}
-    assert results["fresh folder"][0] in ("none", "new"), results
+    # the saver alternates new and old: a fast machine can finish both before the kill
+    assert results["fresh folder"][0] in ("none", "new", "old"), results
     assert results["fresh folder reused"][0] == "old"
     assert results["before any save"][0] == "old"  # the harness can tell the two apart
     assert results["after one save"][0] == "new"
