@@ -40,6 +40,7 @@ import numba as nb
 import numpy as np
 
 from ..config import NJIT
+from .similarity import topk_insert
 
 
 BEFORE, AFTER = 0, 1  #: part 2h + BEFORE of a record is N_h, part 2h + AFTER is P_h
@@ -105,27 +106,6 @@ def _rounded(scratch, value):
     """``value`` rounded to the dtype of ``scratch`` (1,), as a float64."""
     scratch[0] = value
     return np.float64(scratch[0])
-
-
-@nb.njit(**NJIT)
-def _insert(rows, vals, n, row, value):
-    """Insert (row, value) into the list ``rows[:n]``/``vals[:n]`` sorted by (-value, row), of
-    capacity K = rows.shape[0] (the last entry falls off when full); returns the new length."""
-    k = rows.shape[0]
-    if n == k:
-        if value < vals[k - 1] or (value == vals[k - 1] and row > rows[k - 1]):
-            return n
-        pos = k - 1
-    else:
-        pos = n
-        n += 1
-    while pos > 0 and (vals[pos - 1] < value or (vals[pos - 1] == value and rows[pos - 1] > row)):
-        rows[pos] = rows[pos - 1]
-        vals[pos] = vals[pos - 1]
-        pos -= 1
-    rows[pos] = row
-    vals[pos] = value
-    return n
 
 
 @nb.njit(**NJIT)
@@ -330,7 +310,7 @@ def link_update_before(table, rows, weights, n, prec_rows, prec_vals):
             pj = np.float64(prec_vals[at]) if at >= 0 else 0.0
             v = _rounded(scratch, (1.0 - w) * np.float64(table.vals[s, table.part, c]) + w * pj)
             if v != 0:
-                m = _insert(cand_rows, cand_vals, m, j, v)
+                m = topk_insert(cand_rows, cand_vals, m, j, v)
         # new entries w p(j) come in the precedence's order: non-increasing, so stop at the
         # first one that cannot enter
         for c in range(n_prec):
@@ -340,7 +320,7 @@ def link_update_before(table, rows, weights, n, prec_rows, prec_vals):
             v = _rounded(scratch, w * np.float64(prec_vals[c]))
             if v == 0 or _full_below(cand_rows, cand_vals, m, v):
                 break
-            m = _insert(cand_rows, cand_vals, m, j, v)
+            m = topk_insert(cand_rows, cand_vals, m, j, v)
         _store(table.cols[s, table.part], table.vals[s, table.part], cand_rows, cand_vals, m)
 
 
@@ -379,7 +359,7 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
             at = _search(rows, n, i)
             v = old if at < 0 else _rounded(scratch, (1.0 - weights[at]) * old + weights[at] * pj)
             if v != 0:
-                m = _insert(cand_rows, cand_vals, m, i, v)
+                m = topk_insert(cand_rows, cand_vals, m, i, v)
         # new entries w(i) p(j) by descending w(i): non-increasing, so stop early
         for o in range(n):
             e = order[o]
@@ -389,7 +369,7 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
             v = _rounded(scratch, weights[e] * pj)
             if v == 0 or _full_below(cand_rows, cand_vals, m, v):
                 break
-            m = _insert(cand_rows, cand_vals, m, i, v)
+            m = topk_insert(cand_rows, cand_vals, m, i, v)
         _store(table.cols[s, table.part], table.vals[s, table.part], cand_rows, cand_vals, m)
 
 
@@ -425,7 +405,7 @@ def precedence_update(prec_rows, prec_vals, rows, weights, n):
         w = weights[at] if at >= 0 else 0.0
         v = _rounded(scratch, decay * np.float64(prec_vals[c]) + w)
         if v != 0:
-            m = _insert(cand_rows, cand_vals, m, j, v)
+            m = topk_insert(cand_rows, cand_vals, m, j, v)
     order = _by_weight(rows, weights, n)
     for o in range(n):  # new entries by descending w: stop early
         e = order[o]
@@ -435,7 +415,7 @@ def precedence_update(prec_rows, prec_vals, rows, weights, n):
         v = _rounded(scratch, weights[e])
         if v == 0 or _full_below(cand_rows, cand_vals, m, v):
             break
-        m = _insert(cand_rows, cand_vals, m, i, v)
+        m = topk_insert(cand_rows, cand_vals, m, i, v)
     _store(prec_rows, prec_vals, cand_rows, cand_vals, m)
 
 
@@ -510,7 +490,7 @@ def directional_weights(table, prev_rows, prev_weights, out_rows, out_vals):
     scratch = np.empty(1, out_vals.dtype)
     n = 0
     for a in range(m):
-        n = _insert(out_rows, cand_vals, n, reached[a], _rounded(scratch, totals[a]))
+        n = topk_insert(out_rows, cand_vals, n, reached[a], _rounded(scratch, totals[a]))
     for c in range(n):
         out_vals[c] = cand_vals[c]
     for c in range(n, out_rows.shape[0]):
