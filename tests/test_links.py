@@ -165,9 +165,12 @@ def test_merge_weights_all_zero_or_none():
     assert n == 0
 
 
+@pytest.mark.parametrize("side", ["before", "after"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", [1, 2, 3, 8])
-def test_link_update_before(rng, dtype, k):
+def test_link_update(rng, side, dtype, k):
+    """N_h ("before") and P_h ("after") row updates against the dense references."""
+    update, reference = getattr(L, f"link_update_{side}"), getattr(naive, f"link_update_{side}")
     for _ in range(60):
         n = int(rng.integers(2, 9))
         dense = random_links(rng, n, k, dtype)
@@ -176,26 +179,9 @@ def test_link_update_before(rng, dtype, k):
         table = from_dense(dense, k, dtype)
         prows, pvals = prec_from_dense(p, k, dtype)
         wr, ww, m = merged(rows, weights)
-        L.link_update_before(table, wr, ww, m, prows, pvals)
+        update(table, wr, ww, m, prows, pvals)
         w, _ = naive.merge_weights(rows, weights, n)
-        expected = naive.link_update_before(dense, p, w, k, dtype)
-        np.testing.assert_array_equal(to_dense(table, n), expected)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [1, 2, 3, 8])
-def test_link_update_after(rng, dtype, k):
-    for _ in range(60):
-        n = int(rng.integers(2, 9))
-        dense = random_links(rng, n, k, dtype)
-        p = random_precedence(rng, n, k, dtype)
-        rows, weights = random_write(rng, n, dtype)
-        table = from_dense(dense, k, dtype)
-        prows, pvals = prec_from_dense(p, k, dtype)
-        wr, ww, m = merged(rows, weights)
-        L.link_update_after(table, wr, ww, m, prows, pvals)
-        w, _ = naive.merge_weights(rows, weights, n)
-        expected = naive.link_update_after(dense, p, w, k, dtype)
+        expected = reference(dense, p, w, k, dtype)
         np.testing.assert_array_equal(to_dense(table, n), expected)
 
 
