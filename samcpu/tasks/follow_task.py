@@ -21,16 +21,18 @@ Default sizes, and why (``FollowTask()``):
 - ``num_follow=3``: three hops, so one content look-up (recall's answer) is not enough, while an
   episode stays short; 24 scored bits per episode.
 - items L from ``min_items=4`` (= n + 1, the fewest with an answer) to ``max_items=16``,
-  T = 8..20 steps: the sizes of copy and recall, which a 100-unit LSTM with a memory learns in
-  minutes of CPU. L items hold 8L bits (128 at L = 16), more than a 100-unit LSTM keeps
-  reliably in its state, so the longer levels need the memory.
+  T = 8..20 steps: episodes no longer than copy's (T up to 41) or recall's (up to 32), which
+  SAM learns in minutes on one core (docs/results.md: copy solved in 20 minutes, recall at
+  0.1-3.6 bits in 7). The answer depends on all L items (8L bits, 128 at L = 16), which a
+  controller alone would have to keep in its state: the longer levels are meant to need the
+  memory. (A choice by analogy, not yet a measured learning curve on this task.)
 
-Chance level: every answer bit is a fair coin the inputs say nothing about until the items are
-recalled (they are only conditioned to differ from the other items), so an answer that ignores
-them, e.g. constant logits, has an expected bits error of n * bits / 2 = 12 per episode with
-the defaults; any other item of the episode instead of the right one costs about bits / 2 = 4
-bits per step as well. At the easiest level (L = n + 1) the cue is always item 0 and the task
-is copying items 1..n: a warm-up for the curriculum.
+Chance level: each answer bit is a fair coin whatever the cue (the items are only conditioned
+to differ from one another), so an answer that does not recall the items, e.g. constant
+logits, has an expected bits error of n * bits / 2 = 12 per episode with the defaults; another
+item of the episode in place of the right one costs about bits / 2 = 4 bits per step as well.
+At the easiest level (L = n + 1) the cue is always item 0 and the task is copying items 1..n:
+a warm-up for the curriculum.
 """
 import numpy as np
 
