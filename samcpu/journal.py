@@ -1,9 +1,13 @@
 """The journal of sparse writes: per step, what is needed to undo and redo it exactly.
 
 Per step and batch element (B) it holds the distinct rows the write touched and their old
-contents (<= H(K+1) rows of W values), the usage-ring undo records (<= H(2K+1)), the rows
-and weights read (the next step's w^R_{t-1}) and the written-row count before the step. The
-first H journaled rows are the step's LRA rows I^U (distinct, journaled first).
+contents (<= H(R+1) rows of W values), the usage-ring undo records (<= H(2R+1)), the rows
+and weights read (the next step's w^R_{t-1}) and the written-row count before the step. R is
+the read support per head: K for SAM, K + 2 K_L for the SDNC. The first H journaled rows are
+the step's LRA rows I^U (distinct, journaled first). A model with more state per step (the
+SDNC's link records) names its records in a schema: ``extras`` maps a record's name to its
+per-step, per-batch-element shape and dtype, and every chunk holds one array
+(size, B, *shape) per name, as an attribute of that name.
 Steps live in chunks (16, 32, ... up to 256 steps), so appending never copies and memory grows
 with the steps taken.
 """
@@ -11,9 +15,13 @@ import numpy as np
 
 
 class Chunk:
-    """Journal storage for ``size`` consecutive steps (arrays indexed [slot, b, ...])."""
+    """Journal storage for ``size`` consecutive steps (arrays indexed [slot, b, ...]); ``reads``
+    is R, the rows read per head; ``extras`` the schema of further records (module docstring)."""
 
-    def __init__(self, size, batch_size, num_heads, k, word_size, dtype):
+    CORE = ("jrows", "jvals", "jcount", "urec", "ucount", "rows", "weights", "wcount")
+
+    def __init__(self, size, batch_size, num_heads, reads, word_size, dtype, extras=None):
+        k = reads
         d = num_heads * (k + 1)
         u = num_heads * (2 * k + 1)
         self.jrows = np.empty((size, batch_size, d), np.int64)
@@ -24,6 +32,10 @@ class Chunk:
         self.rows = np.empty((size, batch_size, num_heads, k), np.int64)
         self.weights = np.empty((size, batch_size, num_heads, k), dtype)
         self.wcount = np.empty((size, batch_size), np.int64)
+        for name, (shape, dt) in (extras or {}).items():
+            if name in self.CORE or not name.isidentifier():
+                raise ValueError(f"journal record name {name!r} is taken or not an identifier")
+            setattr(self, name, np.zeros((size, batch_size, *shape), dt))
 
     @property
     def nbytes(self):
@@ -35,10 +47,11 @@ class Journal:
     ``first_chunk`` steps up to ``chunk_size`` steps, so a short episode allocates about what it
     uses (at most twice) and a long one grows by ``chunk_size`` steps at a time."""
 
-    def __init__(self, batch_size, num_heads, k, word_size, dtype, chunk_size=256, first_chunk=16):
+    def __init__(self, batch_size, num_heads, reads, word_size, dtype, chunk_size=256, first_chunk=16,
+                 extras=None):
         if first_chunk < 1 or chunk_size < 1:
             raise ValueError(f"first_chunk and chunk_size must be >= 1, got {first_chunk} and {chunk_size}")
-        self._shape = (batch_size, num_heads, k, word_size, dtype)
+        self._shape = (batch_size, num_heads, reads, word_size, dtype, dict(extras or {}))
         self.chunk_size = chunk_size
         # chunk j holds min(first_chunk * 2**j, chunk_size) steps; _starts[j] is its first slot
         sizes = [min(first_chunk, chunk_size)]

@@ -40,11 +40,11 @@ class MemoryFileError(ValueError):
 
 
 class StepResult(NamedTuple):
-    """What one step read, per batch element and head."""
+    """What one step read, per batch element and head (R = K for SAM, K + 2 K_L for the SDNC)."""
 
     reads: np.ndarray  #: r (B, H, W)
-    rows: np.ndarray  #: s (B, H, K) int64, ordered by (-similarity, row)
-    weights: np.ndarray  #: w (B, H, K), softmax over the K rows
+    rows: np.ndarray  #: s (B, H, R) int64; SAM: ordered by (-similarity, row); -1 = unused
+    weights: np.ndarray  #: w (B, H, R); SAM: softmax over the K rows; 0 where unused
 
 
 def check_settings(batch_size, num_slots, word_size, num_heads, k, dtype, delta, seed):
@@ -184,11 +184,45 @@ class SparseMemory:
             if self.path is not None:  # a bad option value: leave no file behind
                 os.remove(self.path)
             raise
-        self._journal = Journal(b, h, self.k, w, self.dtype)
+        self._journal = Journal(b, h, self.read_size, w, self.dtype, extras=self._journal_extras())
         self._position = 0
-        self._prev_rows = np.full((b, h, self.k), -1, np.int64)
-        self._prev_weights = np.zeros((b, h, self.k), self.dtype)
+        self._prev_rows = np.full((b, h, self.read_size), -1, np.int64)
+        self._prev_weights = np.zeros((b, h, self.read_size), self.dtype)
         self._base_reads = (self._prev_rows.copy(), self._prev_weights.copy())
+
+    # ------------------------------------------------------------------ model hooks
+    # A model on this core (SAM here, the SDNC in samcpu.temporal) says how wide its read is,
+    # what more it journals per step, and what it does around SAM's write and instead of its read.
+    @property
+    def read_size(self):
+        """R: the rows a head reads per step (K for SAM)."""
+        return self.k
+
+    def _journal_extras(self):
+        """The schema of further per-step journal records (see :mod:`samcpu.journal`)."""
+        return {}
+
+    def _after_write(self, chunk, s, lra, alpha, gamma):
+        """Called after steps 1-3 of step ``s`` of ``chunk`` (memory written, journaled)."""
+
+    def _read(self, chunk, s, q, beta, extra):
+        """Step 4: (rows, weights, reads) of the step, (B, H, R), (B, H, R), (B, H, W)."""
+        rows, _ = self._index.query(q, self.k)
+        weights = np.empty((self.batch_size, self.num_heads, self.k), self.dtype)
+        reads = np.empty((self.batch_size, self.num_heads, self.word_size), self.dtype)
+        sims = np.empty((self.batch_size, self.num_heads, self.k), np.float64)
+        K.read_phase(self._memory, rows, q, beta, EPS, weights, reads, sims)
+        return rows, weights, reads
+
+    def _undo_extra(self, chunk, start, stop, partial=False):
+        """Undo the further state of journal slots ``stop-1`` down to ``start`` (``partial``:
+        the one step being applied, which may have stopped before :meth:`_after_write`)."""
+
+    def _redo_extra(self, chunk, start, stop):
+        """Redo the further state of journal slots ``start..stop-1``."""
+
+    def _reset_extra(self):
+        """Empty the further state (O(what was touched))."""
 
     # ------------------------------------------------------------------ properties
     @property
@@ -297,6 +331,10 @@ class SparseMemory:
         Raises ``ValueError`` (and changes nothing) for bad input, including |query| or |add|
         values, or written memory values, beyond :attr:`value_limit`.
         """
+        return self._apply(*self._check_step(query, strength, add, write_gate, interp_gate))
+
+    def _check_step(self, query, strength, add, write_gate, interp_gate):
+        """The five step inputs checked (as arrays of the memory's dtype) and max |add|."""
         b, h, w = self.batch_size, self.num_heads, self.word_size
         bhw, bh = (b, h, w), (b, h)
         q = self._check("query", query, bhw, "(batch_size, num_heads, word_size)", finite=False)
@@ -311,7 +349,11 @@ class SparseMemory:
                 raise ValueError(f"{name} must lie in [0, 1], got values in [{g.min()}, {g.max()}]")
         self._check_magnitude("query", q)
         add_peak = self._check_magnitude("add", a)
+        return q, beta, a, alpha, gamma, add_peak
 
+    def _apply(self, q, beta, a, alpha, gamma, add_peak, extra=None):
+        """Apply one checked step; ``extra`` is what a model's :meth:`_read` needs beyond SAM's."""
+        b, h = self.batch_size, self.num_heads
         if self._position >= MAX_STEPS:
             raise ValueError(f"this memory has applied {self._position:,d} steps since its last reset, "
                              f"the most it can journal (2**31 - 1); call reset() for a new episode")
@@ -333,12 +375,9 @@ class SparseMemory:
             if peak > self.value_limit / 2:
                 peak = max(self._peak, self._check_written(chunk.jrows[s]))
             self._written.add(chunk.jrows[s])
+            self._after_write(chunk, s, lra, alpha, gamma)
             self._index.update(chunk.jrows[s])
-            rows, _ = self._index.query(q, self.k)
-            weights = np.empty((b, h, self.k), self.dtype)
-            reads = np.empty((b, h, w), self.dtype)
-            sims = np.empty((b, h, self.k), np.float64)
-            K.read_phase(self._memory, rows, q, beta, EPS, weights, reads, sims)
+            rows, weights, reads = self._read(chunk, s, q, beta, extra)
             K.usage_phase(self._usage, self._prev, self._next, self._ends, lra, self._prev_rows,
                           self._prev_weights, alpha, gamma, rows, weights, self.delta, t,
                           chunk.urec[s], chunk.ucount[s])
@@ -356,6 +395,7 @@ class SparseMemory:
         """Roll back a step interrupted after its journal slot was taken."""
         K.undo_steps(self._memory, self._usage, self._prev, self._next, self._ends, chunk.jrows,
                      chunk.jvals, chunk.jcount, chunk.urec, chunk.ucount, s, s + 1)
+        self._undo_extra(chunk, s, s + 1, partial=True)
         self._written.truncate(chunk.wcount[s])
         self._index.invalidate(chunk.jrows[s])
         self._journal.truncate(self._position)
@@ -383,6 +423,7 @@ class SparseMemory:
         for chunk, start, stop in reversed(self._journal.spans(position, self._position)):
             K.undo_steps(*self._arrays(), chunk.jrows, chunk.jvals, chunk.jcount, chunk.urec,
                          chunk.ucount, start, stop)
+            self._undo_extra(chunk, start, stop)
             self._index.invalidate(_span_rows(chunk, start, stop))
         if position < self._position:
             chunk, s = self._journal.locate(position + 1)
@@ -400,6 +441,7 @@ class SparseMemory:
         for chunk, start, stop in self._journal.spans(self._position, position):
             K.redo_steps(*self._arrays(), chunk.jrows, chunk.jvals, chunk.jcount, chunk.urec,
                          chunk.ucount, start, stop, first)
+            self._redo_extra(chunk, start, stop)
             rows = _span_rows(chunk, start, stop)
             self._written.add(rows)
             self._index.invalidate(rows)
@@ -459,31 +501,38 @@ class SparseMemory:
         samcpu.backprop.StepGradients(query, strength, add, write_gate, interp_gate,
         prev_weights), float64 arrays of the inputs' shapes and (B, H, K) for prev_weights.
         """
-        from .backprop import MemoryGradient, StepGradients
+        b, h, w = self.batch_size, self.num_heads, self.word_size
+        return self._backward_step(position, grad_reads, grad_weights, [
+            ("query", query, (b, h, w)), ("strength", strength, (b, h)), ("add", add, (b, h, w)),
+            ("write_gate", write_gate, (b, h)), ("interp_gate", interp_gate, (b, h))], grad, check_inputs)
+
+    _SHAPE_NAMES = {1: "(batch_size,)", 2: "(batch_size, num_heads)", 3: "(batch_size, num_heads, word_size)"}
+
+    def _backward_step(self, position, grad_reads, grad_weights, inputs, grad, check_inputs):
+        """:meth:`backward_step` for any model on this core: ``inputs`` are the step's inputs as
+        (name, value, shape); the model's :meth:`_step_backward` runs the kernels."""
+        from .backprop import MemoryGradient
 
         position = self._check_position(position)
         if position == self._journal.base:
             raise ValueError(f"position must be a journaled step in [{position + 1}, {self.latest}], "
                              f"got {position}")
-        b, h, w, k = self.batch_size, self.num_heads, self.word_size, self.k
-        bhw, bh = (b, h, w), (b, h)
-        if check_inputs:
-            inputs = [self._check("query", query, bhw, "(batch_size, num_heads, word_size)"),
-                      self._check("strength", strength, bh, "(batch_size, num_heads)"),
-                      self._check("add", add, bhw, "(batch_size, num_heads, word_size)"),
-                      self._check("write_gate", write_gate, bh, "(batch_size, num_heads)"),
-                      self._check("interp_gate", interp_gate, bh, "(batch_size, num_heads)")]
-        else:
-            inputs = [np.ascontiguousarray(x, dtype=self.dtype) for x in
-                      (query, strength, add, write_gate, interp_gate)]
-            for name, x, shape in zip(("query", "strength", "add", "write_gate", "interp_gate"), inputs,
-                                      (bhw, bh, bhw, bh, bh), strict=True):
-                if x.shape != shape:
-                    raise ValueError(f"{name} has shape {x.shape} but expected {shape}")
+        b, h, w, r = self.batch_size, self.num_heads, self.word_size, self.read_size
+        bhw = (b, h, w)
+        arrays = []
+        for name, value, shape in inputs:
+            if check_inputs:
+                what = "(batch_size, num_heads, 3)" if shape[-1:] == (3,) else self._SHAPE_NAMES[len(shape)]
+                arrays.append(self._check(name, value, shape, what))
+            else:
+                arr = np.ascontiguousarray(value, dtype=self.dtype)
+                if arr.shape != shape:
+                    raise ValueError(f"{name} has shape {arr.shape} but expected {shape}")
+                arrays.append(arr)
         grads = []
         for name, value, shape, what in (
                 ("grad_reads", grad_reads, bhw, "(batch_size, num_heads, word_size)"),
-                ("grad_weights", grad_weights, (b, h, k), "(batch_size, num_heads, k)")):
+                ("grad_weights", grad_weights, (b, h, r), "(batch_size, num_heads, read_size)")):
             arr = np.zeros(shape) if value is None else np.asarray(value)
             if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
                 raise ValueError(f"{name} has dtype {arr.dtype} but a real floating array is expected")
@@ -494,13 +543,20 @@ class SparseMemory:
             raise ValueError(f"grad must be a samcpu.backprop.MemoryGradient of shape "
                              f"{(b, self.num_slots, w)}, got {getattr(grad, 'shape', type(grad).__name__)}")
         self.rewind(position)
-        rec = self.step_record(position)
-        out = StepGradients(np.empty(bhw), np.empty(bh), np.empty(bhw), np.empty(bh), np.empty(bh),
-                            np.empty((b, h, k)))
-        grad.reserve(h * (2 * k + 1))  # the rows one step can touch: K read, K + 1 written per head
-        K.batch_step_backward(self._memory, rec["rows"], rec["weights"], inputs[0], inputs[1], grads[0],
-                              grads[1], np.ascontiguousarray(rec["lra"]), rec["prev_rows"],
-                              rec["prev_weights"], inputs[2], inputs[3], inputs[4], EPS, grad.slot,
+        grad.reserve(h * (2 * r + 1))  # the rows one step can touch: R read, R + 1 written per head
+        return self._step_backward(position, self.step_record(position), arrays, *grads, grad)
+
+    def _step_backward(self, position, rec, inputs, grad_reads, grad_weights, grad):
+        """SAM's backward kernels for step ``position`` (memory rewound to it)."""
+        from .backprop import StepGradients
+
+        b, h, w, k = self.batch_size, self.num_heads, self.word_size, self.k
+        out = StepGradients(np.empty((b, h, w)), np.empty((b, h)), np.empty((b, h, w)), np.empty((b, h)),
+                            np.empty((b, h)), np.empty((b, h, k)))
+        query, strength, add, write_gate, interp_gate = inputs
+        K.batch_step_backward(self._memory, rec["rows"], rec["weights"], query, strength, grad_reads,
+                              grad_weights, np.ascontiguousarray(rec["lra"]), rec["prev_rows"],
+                              rec["prev_weights"], add, write_gate, interp_gate, EPS, grad.slot,
                               grad.store, grad.owner, grad.count, *out)
         return out
 
@@ -526,6 +582,7 @@ class SparseMemory:
         self._ends[:] = 0
         self._written.truncate(np.zeros(self.batch_size, np.int64))
         self._index.reset()
+        self._reset_extra()
         self._journal.clear(0)
         self._position = 0
         self._peak = 0.0

@@ -50,6 +50,19 @@ def step_backward(memory, rows, weights, query, strength, grad_reads, grad_weigh
     room for H(2K+1) more slots. Writes g_query (H, W), g_strength (H,), g_add (H, W),
     g_write_gate (H,), g_interp_gate (H,), g_prev_weights (H, K).
     """
+    content_backward(memory, rows, weights, query, strength, grad_reads, grad_weights, eps,
+                     slot, store, owner, count, g_query, g_strength)
+    write_backward(lra, prev_rows, prev_weights, add, write_gate, interp_gate, slot, store,
+                   g_add, g_write_gate, g_interp_gate, g_prev_weights)
+
+
+@nb.njit(**NJIT)
+def content_backward(memory, rows, weights, query, strength, grad_reads, grad_weights, eps,
+                     slot, store, owner, count, g_query, g_strength):
+    """Step 4 backward for one batch element: the content read r = sum_k w_k M_t(s_k) with
+    w = softmax(beta c(q, M_t(s_k))): adds dL/dM_t(s_k) into the accumulator and writes
+    g_query (H, W) and g_strength (H,). rows, weights (H, K); grad_reads (H, W);
+    grad_weights (H, K) = dL/dw from other uses of w."""
     n_heads, k = rows.shape
     width = memory.shape[1]
     # read: r = sum_k w_k M_t(s_k)
@@ -69,6 +82,16 @@ def step_backward(memory, rows, weights, query, strength, grad_reads, grad_weigh
             s = grad_slot(slot, store, owner, count, rows[h, j])
             for d in range(width):
                 store[s, d] += g_rows[h, j, d]
+
+
+@nb.njit(**NJIT)
+def write_backward(lra, prev_rows, prev_weights, add, write_gate, interp_gate, slot, store,
+                   g_add, g_write_gate, g_interp_gate, g_prev_weights):
+    """Steps 2-3 backward for one batch element, with the accumulator holding dL/dM_t: writes
+    g_add (H, W), g_write_gate (H,), g_interp_gate (H,), g_prev_weights (H, R) (overwritten),
+    then zeroes the LRA rows' gradient (the erase), leaving dL/dM_{t-1}. prev_rows (H, R)."""
+    n_heads = lra.shape[0]
+    width = add.shape[1]
     # write: M_t(r) = keep(r) M_{t-1}(r) + sum_h w^W_h(r) a_h, now with g = dL/dM_t
     for h in range(n_heads):
         alpha = np.float64(write_gate[h])
