@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from . import distributed
 from ._util import atomic_write, parse_int
 from .memory import MAX_SLOTS
 from .nn import DAM, SAM
@@ -83,14 +84,16 @@ def task_of(args, seed):
     return make_task(args.task, seed=seed, **kwargs)
 
 
-def build(args, task):
-    """The model, optimiser and curriculum described by ``args``."""
+def build(args, task, threads=None):
+    """The model, optimiser and curriculum described by ``args`` (``threads``: the index's
+    threads, default ``args.threads``)."""
     torch.manual_seed(args.seed)
     common = dict(hidden_size=args.hidden, word_size=args.word, num_heads=args.heads)
     if args.model == "sam":
         # --threads is the run's core budget: numba's threads and the index's alike (a
         # thread pool over the batch elements only costs when each run has one core)
-        options = dict(num_threads=args.threads) if args.index == "hnsw" else None
+        threads = args.threads if threads is None else threads
+        options = dict(num_threads=threads) if args.index == "hnsw" else None
         model = SAM(task.input_size, task.output_size, num_slots=args.slots, k=args.k,
                     index=args.index, index_options=options, **common)
     else:
@@ -378,14 +381,16 @@ def plot(csv_path, png_path, title):
     plt.close(fig)
 
 
-def progress_bar(args, episode):
+def progress_bar(args, episode, disable=False):
     """tqdm over the episodes up to ``--steps``; with ``--minutes``, over the time budget
-    instead (elapsed and remaining time; the episode count in the postfix)."""
+    instead (elapsed and remaining time; the episode count in the postfix). None shown with
+    ``--quiet`` or ``disable``."""
     from tqdm import tqdm
 
+    disable = disable or args.quiet
     desc = f"{args.model} {args.task} N={args.slots:,}"
     if args.minutes is None:
-        return tqdm(total=args.steps, initial=episode, disable=args.quiet, dynamic_ncols=True, desc=desc)
+        return tqdm(total=args.steps, initial=episode, disable=disable, dynamic_ncols=True, desc=desc)
 
     class BudgetBar(tqdm):
         budget = ""  # "elapsed of budget, left, episode", set by _show
@@ -394,7 +399,7 @@ def progress_bar(args, episode):
         def format_dict(self):
             return {**super().format_dict, "budget": self.budget}
 
-    return BudgetBar(total=args.minutes, disable=args.quiet, dynamic_ncols=True, desc=desc,
+    return BudgetBar(total=args.minutes, disable=disable, dynamic_ncols=True, desc=desc,
                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {budget}{postfix}")
 
 
@@ -454,20 +459,24 @@ def _show(bar, args, start, episode, **postfix):
 
 def train(args):
     """Run ``samcpu train`` with the parsed ``args``; returns the exit code (130 if
-    interrupted). Bad arguments and files: ``ValueError`` with one line naming them."""
+    interrupted). Bad arguments and files: ``ValueError`` with one line naming them.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks train one model together: see
+    :func:`_train_distributed`."""
+    world = distributed.world_from_env()
+    if world.active:
+        return _train_distributed(args, world)
     _check_out(args)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     if args.resume and not os.path.isfile(ckpt_path):
         raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
     with _locked_out(args.out):
-        return _train_locked(args, ckpt_path)
+        return _run(*_setup(args, ckpt_path), ckpt_path)
 
 
-def _train_locked(args, ckpt_path):
-    import numba
-
-    csv_path = os.path.join(args.out, "metrics.csv")
-    png_path = os.path.join(args.out, "curve.png")
+def _setup(args, ckpt_path):
+    """(args, checkpoint or None, changed): the run's arguments, resolved against the
+    checkpoint's when resuming (see :func:`resolve_args`)."""
     ck, changed = None, {}
     if args.resume:
         ck = load_checkpoint(ckpt_path)
@@ -477,17 +486,92 @@ def _train_locked(args, ckpt_path):
     else:
         args, _ = resolve_args(args)
     _check_combination(args)
+    return args, ck, changed
+
+
+def _train_distributed(args, world):
+    """``samcpu train`` as one of ``world.size`` ranks (gloo; see :mod:`samcpu.distributed`).
+
+    Rank 0 checks the arguments and the checkpoint, holds the lock on ``--out`` and alone
+    writes there; it sends the resolved arguments and the checkpoint to the other ranks, so
+    only its machine needs ``--out``. A global ``--batch`` that does not split over the ranks
+    is refused before training (before the rendezvous when given on the command line). A lost
+    rank or an unreachable rendezvous: an error line naming it on stderr, exit status 1."""
+    if args.batch is not None:
+        distributed.check_batch(args.batch, world.size)
+    timeout = args.dist_timeout or distributed.DEFAULT_TIMEOUT
+    threads_given = args.threads is not None
+    try:
+        distributed.start(world, timeout)
+        try:
+            if not world.main:
+                kind, payload = distributed.share(None, world)
+                if kind == "error":
+                    raise ValueError(f"rank 0 refused the run: {payload}")
+                return _run(*payload, os.path.join(payload[0].out, "checkpoint.pt"), world, threads_given)
+            with contextlib.ExitStack() as stack:
+                try:
+                    _check_out(args)
+                    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+                    if args.resume and not os.path.isfile(ckpt_path):
+                        raise ValueError(f"--resume: no checkpoint at {ckpt_path}")
+                    stack.enter_context(_locked_out(args.out))
+                    setup = _setup(args, ckpt_path)
+                    distributed.check_batch(setup[0].batch, world.size)
+                except BaseException as e:  # the other ranks stop too, with the reason
+                    reason = str(e) if isinstance(e, ValueError) else _first_line(e)
+                    distributed.share(("error", reason), world)
+                    raise
+                distributed.share(("ok", setup), world)
+                return _run(*setup, ckpt_path, world, threads_given)
+        finally:
+            distributed.stop()
+    except distributed.DistributedError as e:
+        print(f"samcpu train: error: rank {world.rank}: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+_ONE_RANK = distributed.World()
+
+
+def _metrics(task, loss, logits, batch, world, stop):
+    """(loss, error, stop) of the episode over every rank: the mean loss, the task's error of
+    the global batch (exactly what one process with the whole batch computes: the wrong bits
+    or answers are summed, then divided) and whether any rank asks to stop."""
+    error = task_error(task, logits, batch)
+    if not world.active:
+        return loss.item(), error, stop
+    # the error's weight: sequences (bits error per sequence) or scored answers (a share)
+    weight = int((batch.mask != 0).sum()) if getattr(task, "error", None) else batch.input.shape[1]
+    try:
+        total, wrong, weights, stops = distributed.reduce_sums(
+            [loss.item(), round(error * weight), weight, float(stop)])
+    except RuntimeError as e:
+        raise distributed.lost(world, e) from None
+    return total / world.size, wrong / weights if weights else 0.0, stops > 0
+
+
+def _run(args, ck, changed, ckpt_path, world=_ONE_RANK, threads_given=True):
+    """The training loop of a resolved run (``ck``: the checkpoint it resumes, or None)."""
+    import numba
+
+    main = world.main
+    csv_path = os.path.join(args.out, "metrics.csv")
+    png_path = os.path.join(args.out, "curve.png")
+    threads, torch_threads = args.threads, args.torch_threads
+    if world.local_size > 1 and not threads_given:  # the ranks on a machine share its cores
+        threads = distributed.threads_per_rank(world, threads)
     # small batches: torch's ops are too small to share, and its OpenMP pool spinning beside
     # the index threads costs far more than it gives (measured: 25 ms vs 1.2 s an episode)
-    torch.set_num_threads(args.torch_threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(torch_threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     task = _task_for(args, seed=args.seed)
-    if hasattr(task, "describe"):
+    if hasattr(task, "describe") and main:
         print(task.describe())
     fields = csv_fields(task)
     # copy, recall and sort call episode_loss(model, batch) as before
     loss_options = {} if getattr(task, "loss", "bce") == "bce" else {"kind": task.loss}
-    model, opt, curriculum = build(args, task)
+    model, opt, curriculum = build(args, task, threads)
     levels = np.random.default_rng(args.seed + 1)
     episode = 0
     elapsed = 0.0  # training seconds of earlier runs this one resumes: the CSV's clock goes on
@@ -507,16 +591,26 @@ def _train_locked(args, ckpt_path):
         curriculum.threshold = float(args.threshold)
         episode = ck["episode"]
         resumes = list(ck.get("resumes", []))
-        if changed:
-            resumes.append(dict(episode=episode, changed=changed))
+        ranks = ck.get("ranks", 1)
+        if changed or ranks != world.size:  # the number of ranks is recorded when it is not 1
+            entry = dict(episode=episode, changed=changed)
+            resumes.append(entry if world.size == ranks == 1 else dict(entry, ranks=world.size))
+        if main and changed:
             print(f"resumed at episode {episode:,d} with " + ", ".join(
                 f"--{k.replace('_', '-')} {new} (was {old})" for k, (old, new) in changed.items()))
-        kept = _truncate_csv(csv_path, episode, fields)
-        # checkpoints from before "seconds" was stored: the last kept row's clock (which
-        # counts from the last resume, if such a run was resumed before)
-        elapsed = float(ck.get("seconds", kept[-1]["seconds"] if kept else 0.0))
-    elif os.path.exists(csv_path):
+        if main and ranks != world.size:
+            print(f"resumed at episode {episode:,d} on {world.size} rank{'s' if world.size > 1 else ''} "
+                  f"(saved by {ranks}); the global batch is still {args.batch}")
+        if main:
+            kept = _truncate_csv(csv_path, episode, fields)
+            # checkpoints from before "seconds" was stored: the last kept row's clock (which
+            # counts from the last resume, if such a run was resumed before)
+            elapsed = float(ck.get("seconds", kept[-1]["seconds"] if kept else 0.0))
+    elif main and os.path.exists(csv_path):
         os.remove(csv_path)
+    # DDP averages the gradients over the ranks after each backward pass (the parameters
+    # start from rank 0's); the memories stay each rank's own
+    net = distributed.wrap(model) if world.active else model
     start = time.perf_counter()
 
     def seconds():  # training wall time, over every run of this checkpoint
@@ -527,59 +621,83 @@ def _train_locked(args, ckpt_path):
             model=model.state_dict(), optimizer=opt.state_dict(), curriculum=curriculum.state_dict(),
             task_rng=task.rng.bit_generator.state, level_rng=levels.bit_generator.state,
             torch_rng=torch.get_rng_state(), episode=episode, seconds=seconds(), args=vars(args),
-            resumes=resumes))
+            resumes=resumes, ranks=world.size))
+
+    def out_of_time():
+        return bool(args.minutes) and time.perf_counter() - start > 60 * args.minutes
 
     interrupts = _Interrupts()
     saved_at = None
     before = None  # the random streams before the episode under way (None: it committed)
+    agreed_stop = False  # every rank's vote after the last episode (distributed)
     previous = signal.signal(signal.SIGINT, interrupts.handler)
     try:
-        new_file = not os.path.exists(csv_path)
-        with open(csv_path, "a", newline="") as out:
-            writer = csv.DictWriter(out, fields)
+        new_file = main and not os.path.exists(csv_path)
+        with open(csv_path, "a", newline="") if main else contextlib.nullcontext() as out:
+            writer = csv.DictWriter(out, fields) if main else None
             if new_file:
                 writer.writeheader()
-            bar = progress_bar(args, episode)
+            bar = progress_bar(args, episode, disable=not main)
             try:
                 while True:
                     with interrupts.deferred():
-                        out_of_time = args.minutes and time.perf_counter() - start > 60 * args.minutes
-                        if episode >= args.steps or interrupts.count or out_of_time:
+                        stop = agreed_stop if world.active else interrupts.count or out_of_time()
+                        if episode >= args.steps or stop:
                             interrupts.hold()  # from here on a Ctrl-C only counts
                             break
                         before = _rng_states(task, levels, curriculum)
                     level = curriculum.sample_level(levels)
                     batch = task.sample(args.batch, level)
+                    if world.active:  # every rank drew the global batch: this rank's slice
+                        batch = distributed.shard(batch, world.rank, world.size)
                     t0 = time.perf_counter()
-                    loss, logits = episode_loss(model, batch, **loss_options)
-                    opt.zero_grad()
-                    loss.backward()
+                    try:
+                        loss, logits = episode_loss(net, batch, **loss_options)
+                        opt.zero_grad()
+                        loss.backward()
+                    except RuntimeError as e:
+                        if world.active and distributed.is_comm_error(e):
+                            raise distributed.lost(world, e) from None
+                        raise
                     torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                    loss_value, bits, agreed_stop = _metrics(
+                        task, loss, logits, batch, world, bool(interrupts.count) or out_of_time())
                     with interrupts.deferred():  # the episode commits whole, or not at all
                         opt.step()
                         ms = 1e3 * (time.perf_counter() - t0) / batch.input.shape[0]
-                        bits = task_error(task, logits, batch)
                         curriculum.update(bits)
                         set_learning_rate(opt, args, curriculum)
                         episode += 1
                         before = None
-                        writer.writerow(dict(zip(fields, (
-                            episode, level, curriculum.current, f"{loss.item():.6g}", f"{bits:.6g}",
-                            f"{ms:.4g}", f"{seconds():.3f}"), strict=True)))
-                        _show(bar, args, start, episode, loss=f"{loss.item():.3f}",
+                        if main:
+                            writer.writerow(dict(zip(fields, (
+                                episode, level, curriculum.current, f"{loss_value:.6g}", f"{bits:.6g}",
+                                f"{ms:.4g}", f"{seconds():.3f}"), strict=True)))
+                        _show(bar, args, start, episode, loss=f"{loss_value:.3f}",
                               **{fields[4].replace("_error", ""): f"{bits:.2f}"},
                               level=curriculum.current, ms_step=f"{ms:.2f}")
-                        if episode % args.checkpoint_every == 0 or episode == args.steps:
+                        if main and (episode % args.checkpoint_every == 0 or episode == args.steps):
                             out.flush()
                             os.fsync(out.fileno())
                             checkpoint()
                             saved_at = episode
-            except KeyboardInterrupt:  # a second Ctrl-C: the episode under way is abandoned
+            except (KeyboardInterrupt, distributed.RankLost) as e:
+                # a second Ctrl-C, or another rank lost: the episode under way is abandoned,
+                # the state of the last one committed is saved below
                 interrupts.hold()
                 if before is not None:
                     _restore_rng_states(before, task, levels, curriculum)
+                if isinstance(e, distributed.RankLost):
+                    if main and saved_at != episode:
+                        out.flush()
+                        os.fsync(out.fileno())
+                        checkpoint()
+                        e.args = (f"{e.args[0]}; saved the checkpoint at episode {episode:,d}: {ckpt_path}",)
+                    raise
             finally:
                 bar.close()
+        if not main:
+            return 130 if interrupts.count else 0
         if saved_at != episode:
             checkpoint()
         interrupts.hold()  # a Ctrl-C during the plot and the summary only counts: they finish
@@ -759,9 +877,16 @@ def add_arguments(p):
     p.add_argument("--patience", type=positive,
                    help=_with_default("patience", "curriculum: episodes averaged"))
     p.add_argument("--seed", type=_int_arg(0, 2**63 - 2), help=_with_default("seed"))
-    p.add_argument("--threads", type=positive, help=_with_default("threads", "numba and HNSW index threads"))
+    p.add_argument("--threads", type=positive,
+                   help=_with_default("threads", "numba and HNSW index threads, per rank under torchrun "
+                                                 "(left out there: at most the machine's cores over its "
+                                                 "ranks)"))
     p.add_argument("--torch-threads", type=positive,
-                   help=_with_default("torch_threads", "torch intra-op threads"))
+                   help=_with_default("torch_threads", "torch intra-op threads, per rank"))
+    p.add_argument("--dist-timeout", type=positive_float,
+                   help="under torchrun: seconds a rank waits for the rendezvous and for the other ranks "
+                        "at each step before it stops with an error naming those that did not answer "
+                        f"(default {distributed.DEFAULT_TIMEOUT})")
     p.add_argument("--checkpoint-every", type=positive, help=_with_default("checkpoint_every", "episodes"))
     p.add_argument("--out", default="runs/latest", help="the run's folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
