@@ -92,16 +92,20 @@ class SparseAccess(nn.Module):
         args = (batch_size, self.num_slots, self.word_size, self.num_heads, self.k)
         kwargs = dict(index=self.index, index_options=self.index_options, dtype=dtype)
         if self.path is None:
-            return SparseMemory(*args, **kwargs)
+            return self._make_memory(*args, **kwargs)
         while os.path.lexists(f"{self.path}.{self._made}"):  # not ours (a killed run's?): leave it
             self._made += 1
         path = f"{self.path}.{self._made}"
         self._made += 1
         try:
-            return SparseMemory(*args, path=path, **kwargs)
+            return self._make_memory(*args, path=path, **kwargs)
         finally:  # the mapping keeps the file's pages; the name goes now, so no file outlives us
             if os.path.lexists(path):
                 os.unlink(path)
+
+    def _make_memory(self, *args, **kwargs):
+        """A new memory of this module's kind (SparseMemory here)."""
+        return SparseMemory(*args, **kwargs)
 
     @property
     def memory(self):
@@ -129,6 +133,9 @@ class _MemoryNetwork(nn.Module):
     """LSTM controller reading [x_t, r_{t-1}]; interface q, beta, a, alpha, gamma per head;
     output y_t = Linear([h_t, r_t])."""
 
+    #: interface values per head beyond SAM's 2W + 3 (the SDNC's three read-mode logits)
+    extra_interface = 0
+
     def __init__(self, access, input_size, output_size, hidden_size, word_size, num_heads,
                  batch_first, dtype):
         super().__init__()
@@ -136,7 +143,8 @@ class _MemoryNetwork(nn.Module):
         self.batch_first = batch_first
         self.word_size, self.num_heads = word_size, num_heads
         self.cell = nn.LSTMCell(input_size + num_heads * word_size, hidden_size, dtype=dtype)
-        self.interface = nn.Linear(hidden_size, num_heads * (2 * word_size + 3), dtype=dtype)
+        self.interface = nn.Linear(hidden_size, num_heads * (2 * word_size + 3 + self.extra_interface),
+                                   dtype=dtype)
         self.output = nn.Linear(hidden_size + num_heads * word_size, output_size, dtype=dtype)
         self.hidden_size = hidden_size
 
@@ -157,8 +165,9 @@ class _MemoryNetwork(nn.Module):
         return ControllerState((z, z.clone()), reads, self.access.initial_state(batch_size))
 
     def _interface(self, h):
-        """The raw interface (B, H, 2W+3): per head [q, a, beta^, alpha^, gamma^]."""
-        return self.interface(h).view(h.shape[0], self.num_heads, 2 * self.word_size + 3)
+        """The raw interface (B, H, 2W+3 (+ extra)): per head [q, a, beta^, alpha^, gamma^, ...]."""
+        per_head = 2 * self.word_size + 3 + self.extra_interface
+        return self.interface(h).view(h.shape[0], self.num_heads, per_head)
 
     def _access_step(self, h, state):
         """Read the memory from the controller's output h: (reads (B, H*W), access state)."""

@@ -94,7 +94,7 @@ class AccessState(NamedTuple):
     """Recurrent state of :class:`samcpu.SparseAccess`."""
 
     handle: MemoryHandle  #: the memory and its gradient accumulator
-    weights: torch.Tensor  #: w^R_{t-1} (B, H, K), the last read weights
+    weights: torch.Tensor  #: w^R_{t-1} (B, H, R), the last read weights (R = K for SAM)
     token: torch.Tensor  #: 0-d tensor chaining the steps for autograd
     position: int  #: steps applied when this state was made
     lease: Lease  #: the episode this state belongs to (keeps its memory from being reused)
@@ -109,15 +109,16 @@ def check_tensor(name, value):
         raise ValueError(f"{name} has dtype {value.dtype} but torch.float32 or torch.float64 is expected")
 
 
-def _forward(ctx, handle, lease, position, token, query, strength, add, write_gate, interp_gate):
-    """The memory step of both Functions: sync, check the state, step, fill ``ctx``."""
+def _forward(ctx, handle, lease, position, token, *inputs):
+    """The memory step of every Function: sync, check the state, step with ``inputs`` (SAM's
+    five, or the SDNC's six with the read modes), fill ``ctx``."""
     mem = handle.mem
     handle.check(lease)
     handle.sync()
     if mem.position != position:
         raise RuntimeError(f"this state is stale: it was made at step {position} but the memory "
                            f"is at step {mem.position}; continue from the latest state")
-    res = mem.step(*(x.detach().cpu().numpy() for x in (query, strength, add, write_gate, interp_gate)))
+    res = mem.step(*(x.detach().cpu().numpy() for x in inputs))
     ctx.handle, ctx.lease = handle, lease
     ctx.position = mem.position
     ctx.first = not token.requires_grad  # the first step of this graph: backward ends here
@@ -127,7 +128,7 @@ def _forward(ctx, handle, lease, position, token, query, strength, add, write_ga
 
 def _backward(ctx, inputs, g_reads, g_weights, g_token):
     """One step's backward (:meth:`SparseMemory.backward_step`) from autograd's gradients;
-    ``inputs`` are the step's five inputs as arrays. Returns :class:`StepGradients`."""
+    ``inputs`` are the step's inputs as arrays. Returns the memory's step gradients."""
     handle, t = ctx.handle, ctx.position
     mem = handle.mem
     handle.check(ctx.lease)
@@ -148,22 +149,23 @@ def _backward(ctx, inputs, g_reads, g_weights, g_token):
 
 
 class SparseStep(torch.autograd.Function):
-    """One step of the sparse access; see the module docstring."""
+    """One step of the sparse access; see the module docstring. ``inputs``: the memory's step
+    inputs (SAM's five; the SDNC's six, the read modes last); their gradients come back in the
+    same order, then the previous read weights'."""
 
     @staticmethod
-    def forward(ctx, handle, lease, position, query, strength, add, write_gate, interp_gate, prev_weights,
-                token):
-        res = _forward(ctx, handle, lease, position, token, query, strength, add, write_gate, interp_gate)
-        ctx.save_for_backward(query, strength, add, write_gate, interp_gate)
+    def forward(ctx, handle, lease, position, prev_weights, token, *inputs):
+        res = _forward(ctx, handle, lease, position, token, *inputs)
+        ctx.save_for_backward(*inputs)
         return torch.from_numpy(res.reads), torch.from_numpy(res.weights.copy()), token.new_zeros(())
 
     @staticmethod
     def backward(ctx, g_reads, g_weights, g_token):
         saved = ctx.saved_tensors
         out = _backward(ctx, [x.detach().cpu().numpy() for x in saved], g_reads, g_weights, g_token)
-        grads = [torch.from_numpy(o).to(x.dtype) for o, x in zip(out[:5], saved, strict=True)]
-        return (None, None, None, *grads, torch.from_numpy(out.prev_weights).to(saved[0].dtype),
-                torch.zeros(()))
+        grads = [torch.from_numpy(o).to(x.dtype) for o, x in zip(out[:len(saved)], saved, strict=True)]
+        return (None, None, None, torch.from_numpy(out.prev_weights).to(saved[0].dtype), torch.zeros(()),
+                *grads)
 
 
 def split_interface(interface, word_size):
@@ -218,19 +220,26 @@ def initial_state(memory):
     m = handle.mem
     lease = handle.claim()
     dtype = torch.float64 if m.dtype == np.float64 else torch.float32
-    weights = torch.zeros((m.batch_size, m.num_heads, m.k), dtype=dtype)
+    weights = torch.zeros((m.batch_size, m.num_heads, m.read_size), dtype=dtype)
     return AccessState(handle, weights, torch.zeros((), dtype=dtype), m.position, lease)
 
 
-def step(state, query, strength, add, write_gate, interp_gate):
-    """Apply one differentiable step; returns (reads (B, H, W), new state)."""
-    for name, x in (("query", query), ("strength", strength), ("add", add), ("write_gate", write_gate),
-                    ("interp_gate", interp_gate)):
+def step(state, query, strength, add, write_gate, interp_gate, read_modes=None):
+    """Apply one differentiable step; returns (reads (B, H, W), new state). ``read_modes``
+    (B, H, 3): the SDNC's read modes (for a :class:`samcpu.SparseTemporalMemory`; None for SAM)."""
+    inputs = [("query", query), ("strength", strength), ("add", add), ("write_gate", write_gate),
+              ("interp_gate", interp_gate)]
+    if read_modes is not None:
+        inputs.append(("read_modes", read_modes))
+    for name, x in inputs:
         check_tensor(name, x)
     handle = state.handle
     handle.check(state.lease)
-    reads, weights, token = SparseStep.apply(handle, state.lease, state.position, query, strength, add,
-                                             write_gate, interp_gate, state.weights, state.token)
+    wants_modes = handle.mem.read_size != handle.mem.k
+    if wants_modes != (read_modes is not None):
+        raise ValueError("read_modes must be given for a SparseTemporalMemory (the SDNC) and only for it")
+    reads, weights, token = SparseStep.apply(handle, state.lease, state.position, state.weights, state.token,
+                                             *(x for _, x in inputs))
     return reads, AccessState(handle, weights, token, handle.mem.position, state.lease)
 
 
