@@ -224,6 +224,26 @@ class SparseMemory:
     def _reset_extra(self):
         """Empty the further state (O(what was touched))."""
 
+    #: the model a save holds (meta.json's "model"), and the settings it adds to SAM's
+    model = "sam"
+    _extra_settings_keys = ()
+
+    def _extra_settings(self):
+        """The settings of :attr:`_extra_settings_keys` for meta.json."""
+        return {key: getattr(self, key) for key in self._extra_settings_keys}
+
+    def _extra_state(self):
+        """Further arrays a save holds (names must not clash with SAM's)."""
+        return {}
+
+    def _extra_state_bound(self):
+        """The most bytes :meth:`_extra_state` can take (a crafted save is refused beyond)."""
+        return 0
+
+    def _restore_extra(self, arrays):
+        """Check and restore the further state from a save's ``arrays`` (a dict; ValueError
+        naming the first bad array)."""
+
     # ------------------------------------------------------------------ properties
     @property
     def position(self):

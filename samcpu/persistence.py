@@ -193,7 +193,7 @@ def state_arrays(mem):
     return dict(written=written, written_counts=np.array(counts, np.int64),
                 contents=mem._memory[bw, written], ring=order,
                 ring_counts=np.array(order_counts, np.int64), ring_usage=mem._usage[bo, order],
-                prev_rows=mem._prev_rows, prev_weights=mem._prev_weights)
+                prev_rows=mem._prev_rows, prev_weights=mem._prev_weights, **mem._extra_state())
 
 
 def save(mem, directory):
@@ -228,7 +228,7 @@ def save(mem, directory):
                 format=FORMAT_VERSION, batch_size=mem.batch_size, num_slots=mem.num_slots,
                 word_size=mem.word_size, num_heads=mem.num_heads, k=mem.k, index=mem.index_kind,
                 dtype=mem.dtype.name, delta=mem.delta, seed=mem.seed, position=mem.position,
-                data=name, files=files))
+                data=name, files=files, model=mem.model, **mem._extra_settings()))
             atomic_write(os.path.join(directory, META),
                          lambda f: f.write(json.dumps(meta, indent=1).encode()))
         except BaseException:
@@ -254,8 +254,13 @@ def load(cls, directory, path=None, index=None, index_options=None):
                 raise MemoryFileError(f"saved memory in {directory!r} is incomplete: {p} is missing")
             if sha256(p) != digest:
                 raise MemoryFileError(f"{p} does not match its checksum in meta.json (corrupt or changed)")
+        model = meta.get("model", "sam")  # format 2 saves before the SDNC hold SAM memories
+        if model != cls.model:
+            raise MemoryFileError(f"saved memory in {directory!r} is a {model!r} memory, which "
+                                  f"{cls.__name__}.load cannot open (a {cls.model!r} memory is expected)")
         try:
             settings = check_settings(*(meta[key] for key in SETTINGS))
+            settings.update({key: meta[key] for key in cls._extra_settings_keys})
             check_index(meta["index"], None)
             position = meta["position"]
             if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= MAX_STEPS:
@@ -264,11 +269,17 @@ def load(cls, directory, path=None, index=None, index_options=None):
             raise MemoryFileError(f"{os.path.join(directory, META)} holds bad settings: {e}") from None
         kind = meta["index"] if index is None else index
         check_index(kind, index_options)  # the caller's arguments: a plain ValueError
-        mem = cls(**settings, index=kind, path=path, index_options=index_options)
+        try:
+            mem = cls(**settings, index=kind, path=path, index_options=index_options)
+        except ValueError as e:
+            if any(f"{key} " in str(e) for key in cls._extra_settings_keys):
+                raise MemoryFileError(f"{os.path.join(directory, META)} holds bad settings: {e}") from None
+            raise
         try:
             state = os.path.join(data, STATE)
-            b, n, hk = mem.batch_size, mem.num_slots, mem.num_heads * mem.k
-            _check_expanded_size(state, 8 * b * n * (mem.word_size + 3) + 16 * b * hk + 16 * b + (1 << 16))
+            b, n, hk = mem.batch_size, mem.num_slots, mem.num_heads * mem.read_size
+            _check_expanded_size(state, 8 * b * n * (mem.word_size + 3) + 16 * b * hk + 16 * b + (1 << 16)
+                                 + mem._extra_state_bound())
             with np.load(state, allow_pickle=False) as z:
                 rows = restore(mem, position, {name: z[name] for name in z.files})
             mem._index.load(data if kind == meta["index"] else None, rows)
@@ -359,6 +370,7 @@ def restore(mem, position, z):
     mem._prev_weights = prev_weights.astype(mem.dtype)
     mem._position = position
     mem._peak = peak
+    mem._restore_extra(z)
     mem._journal.clear(position)
     mem._base_reads = (mem._prev_rows.copy(), mem._prev_weights.copy())
     return rows

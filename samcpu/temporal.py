@@ -153,6 +153,66 @@ class SparseTemporalMemory(SparseMemory):
         for b in range(self.batch_size):
             L.links_reset(L.links_at(self._links, b))
 
+    # ------------------------------------------------------------------ persistence
+    _extra_settings_keys = ("link_k",)
+
+    def _extra_state(self):
+        """The links: per batch element the records in use (owner rows, columns, values),
+        concatenated with their counts, and the precedence."""
+        links, used = self._links, self._links.used[:, 0]
+        return dict(link_counts=used.copy(),
+                    link_owner=np.concatenate([links.owner[b, :u] for b, u in enumerate(used)]),
+                    link_cols=np.concatenate([links.cols[b, :u] for b, u in enumerate(used)]),
+                    link_vals=np.concatenate([links.vals[b, :u] for b, u in enumerate(used)]),
+                    prec_rows=links.prec_rows.copy(), prec_vals=links.prec_vals.copy())
+
+    def _extra_state_bound(self):
+        return self.batch_size * self.num_slots * (8 + 2 * self.num_heads * self.link_k * 16) + 4096
+
+    def _restore_extra(self, z):
+        b, n, h, kl = self.batch_size, self.num_slots, self.num_heads, self.link_k
+        names = ("link_counts", "link_owner", "link_cols", "link_vals", "prec_rows", "prec_vals")
+        missing = [name for name in names if name not in z]
+        if missing:
+            raise ValueError(f"state.npz lacks the arrays {missing}")
+        for name in names:
+            if z[name].dtype.kind not in ("f" if name.endswith("vals") else "iu"):
+                raise ValueError(f"array {name!r} has dtype {z[name].dtype}")
+        counts, owner = z["link_counts"].astype(np.int64), z["link_owner"].astype(np.int64)
+        cols, vals = z["link_cols"].astype(np.int64), z["link_vals"]
+        prec_rows, prec_vals = z["prec_rows"].astype(np.int64), z["prec_vals"]
+        total = len(owner)
+        checks = [
+            (counts.shape == (b,) and counts.min(initial=0) >= 0 and owner.ndim == 1
+             and counts.sum() == total, "link_counts"),
+            (total == 0 or (owner.min() >= 0 and owner.max() < n), "link_owner"),
+            (cols.shape == (total, 2 * h, kl) and cols.min(initial=-1) >= -1 and cols.max(initial=-1) < n,
+             "link_cols"),
+            (vals.shape == cols.shape and np.isfinite(vals).all() and (vals >= 0).all(), "link_vals"),
+            (prec_rows.shape == (b, h, kl) and prec_rows.min(initial=-1) >= -1
+             and prec_rows.max(initial=-1) < n, "prec_rows"),
+            (prec_vals.shape == (b, h, kl) and np.isfinite(prec_vals).all() and (prec_vals >= 0).all(),
+             "prec_vals"),
+        ]
+        for ok, name in checks:
+            if not ok:
+                raise ValueError(f"array {name!r} has the wrong shape or values")
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        for i in range(b):
+            rows = owner[offsets[i]:offsets[i + 1]]
+            if len(np.unique(rows)) != len(rows):
+                raise ValueError("array 'link_owner' repeats a row")
+        links = self._links
+        for i in range(b):
+            u = counts[i]
+            links.owner[i, :u] = owner[offsets[i]:offsets[i + 1]]
+            links.cols[i, :u] = cols[offsets[i]:offsets[i + 1]]
+            links.vals[i, :u] = vals[offsets[i]:offsets[i + 1]]
+            links.used[i, 0] = u
+            L.links_rebuild(L.links_at(links, i))
+        links.prec_rows[:] = prec_rows
+        links.prec_vals[:] = prec_vals
+
     # ------------------------------------------------------------------ stepping
     def _check_modes(self, read_modes):
         b, h = self.batch_size, self.num_heads
