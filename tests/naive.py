@@ -751,3 +751,164 @@ class NaiveDNC:
         self.read_weights = dnc_read_weights(content, forward, backward, read_modes)
         self.usage, self.write_weights = usage, ww
         return self.read_weights @ self.memory
+
+
+# ---------------------------------------------------------------------------
+# DESIGN.md section 5: a whole SDNC step on dense N x N links per (batch element,
+# head): SAM's steps 1-3 (LRA, erase, add to the previous read support and the LRA
+# row), steps 6-7 (links, precedence: NaiveLinks.write), step 8 (content read by
+# cosine_topk/softmax_read, then NaiveLinks.read), step 9 (usage). The oracle of
+# samcpu.SparseTemporalMemory(index="exact").
+# ---------------------------------------------------------------------------
+
+__all__ += ["NaiveSparseTemporalMemory"]
+
+
+class NaiveSparseTemporalMemory(NaiveMemory):
+    """Reference SDNC memory, DESIGN.md section 1 steps 1-3 and 5 plus section 5 steps 6-9.
+
+    Parameters
+    ----------
+    batch_size, num_slots, word_size, num_heads, k :
+        B, N, W, H, K as for :class:`NaiveMemory`.
+    link_k : int
+        K_L, entries kept per link row and in the precedence.
+    dtype : numpy dtype
+        Storage dtype of link values, precedence and read weights (every such value is
+        computed in float64 and rounded to it, as in the naive link functions). The memory
+        itself is float64, as in :class:`NaiveMemory`.
+    delta, eps :
+        As for :class:`NaiveMemory`.
+
+    Attributes
+    ----------
+    read_size : int
+        R = K + 2 K_L, the width of a step's rows and weights.
+    prev_rows : ndarray (B, H, R) int64
+        The previous step's read support (content rows by (-similarity, row), then the kept
+        backward rows not among them, then the kept forward rows not among those), -1 after.
+    prev_weights : ndarray (B, H, R) float64
+        w^R_{t-1} at those rows (0 after the support).
+    links : list of list of NaiveLinks
+        ``links[b][h]``: dense N_h (``before``), P_h (``after``) and p_h (``precedence``).
+    last_write : list of list of (rows, weights)
+        The write of the latest step per (b, h), in the order it was applied (previous read
+        rows, then the LRA row): what steps 6-7 were given.
+    last_directional : list of list of ((b, b kept), (f, f kept))
+        The backward and forward weightings of the latest step per (b, h).
+    """
+
+    def __init__(self, batch_size, num_slots, word_size, num_heads=1, k=8, link_k=8,
+                 dtype=np.float64, delta=0.005, eps=1e-6):
+        super().__init__(batch_size, num_slots, word_size, num_heads, k, delta, eps)
+        self.link_k = int(link_k)
+        self.dtype = np.dtype(dtype)
+        self.read_size = self.k + 2 * self.link_k
+        B, N, H, R = self.batch_size, self.num_slots, self.num_heads, self.read_size
+        self.prev_rows = np.full((B, H, R), -1, dtype=np.int64)
+        self.prev_weights = np.zeros((B, H, R), dtype=np.float64)
+        self.links = [[NaiveLinks(N, self.link_k, self.dtype) for _ in range(H)] for _ in range(B)]
+        self.last_write = [[None] * H for _ in range(B)]
+        self.last_directional = [[None] * H for _ in range(B)]
+
+    def step(self, query, strength, add, write_gate, interp_gate, read_modes):
+        """Apply one SDNC step: LRA, erase, add, links, precedence, read, usage.
+
+        Parameters
+        ----------
+        query, strength, add, write_gate, interp_gate :
+            As for :meth:`NaiveMemory.step`.
+        read_modes : array_like (B, H, 3)
+            pi_h = (pi_b, pi_c, pi_f) (not checked).
+
+        Returns
+        -------
+        StepResult
+            reads (B, H, W) float64, rows (B, H, R) int64 (the support, -1 after it),
+            weights (B, H, R) float64 (0 after the support).
+        """
+        B, W, H, K, R = (self.batch_size, self.word_size, self.num_heads, self.k, self.read_size)
+        query = np.asarray(query, dtype=np.float64).reshape(B, H, W)
+        strength = np.asarray(strength, dtype=np.float64).reshape(B, H)
+        add = np.asarray(add, dtype=np.float64).reshape(B, H, W)
+        write_gate = np.asarray(write_gate, dtype=np.float64).reshape(B, H)
+        interp_gate = np.asarray(interp_gate, dtype=np.float64).reshape(B, H)
+        read_modes = np.asarray(read_modes, dtype=np.float64).reshape(B, H, 3)
+
+        t = self.position + 1
+        out_reads = np.zeros((B, H, W), dtype=np.float64)
+        out_rows = np.full((B, H, R), -1, dtype=np.int64)
+        out_weights = np.zeros((B, H, R), dtype=np.float64)
+
+        for b in range(B):
+            mem = self.memory[b]
+
+            # 1. LRA rows l_h.
+            lra = lra_rows(self.usage[b], H)
+
+            # 2. Erase (not gated).
+            for h in range(H):
+                for j in range(W):
+                    mem[lra[h], j] = 0.0
+
+            # 3. Add: the previous read support (gamma), then the LRA row (1 - gamma).
+            writes = []
+            for h in range(H):
+                alpha = float(write_gate[b, h])
+                gamma = float(interp_gate[b, h])
+                rows_h, weights_h = [], []
+                for a in range(R):
+                    row = int(self.prev_rows[b, h, a])
+                    if row >= 0:
+                        c = (alpha * gamma) * float(self.prev_weights[b, h, a])
+                        for j in range(W):
+                            mem[row, j] += c * float(add[b, h, j])
+                        rows_h.append(row)
+                        weights_h.append(c)
+                c2 = alpha * (1.0 - gamma)
+                for j in range(W):
+                    mem[lra[h], j] += c2 * float(add[b, h, j])
+                rows_h.append(int(lra[h]))
+                weights_h.append(c2)
+                writes.append((rows_h, weights_h))
+
+            # 6-7. Links and precedence of each head, from its own write weights.
+            for h in range(H):
+                self.links[b][h].write(*writes[h])
+                self.last_write[b][h] = writes[h]
+
+            # 8. Read: content weights c_h (SAM's step 4), then the mode mix with b_h, f_h.
+            content_rows, _sims = cosine_topk(mem, query[b], K, self.eps)
+            content_weights, _reads = softmax_read(mem, content_rows, query[b], strength[b], self.eps)
+            for h in range(H):
+                w, support, back, fwd = self.links[b][h].read(
+                    self.prev_rows[b, h], self.prev_weights[b, h], content_rows[h],
+                    content_weights[h], read_modes[b, h])
+                self.last_directional[b][h] = (back, fwd)
+                for a, row in enumerate(support):
+                    out_rows[b, h, a] = row
+                    out_weights[b, h, a] = w[row]
+                for j in range(W):
+                    acc = 0.0
+                    for a in range(len(support)):
+                        acc += float(out_weights[b, h, a]) * float(mem[out_rows[b, h, a], j])
+                    out_reads[b, h, j] = acc
+
+            # 9. Usage: total write weight plus total read weight > delta.
+            total = {}
+            for h in range(H):
+                for row, x in zip(*writes[h], strict=True):
+                    total[row] = total.get(row, 0.0) + x
+            for h in range(H):
+                for a in range(R):
+                    row = int(out_rows[b, h, a])
+                    if row >= 0:
+                        total[row] = total.get(row, 0.0) + float(out_weights[b, h, a])
+            for row, value in total.items():
+                if value > self.delta:
+                    self.usage[b, row] = t
+
+        self.prev_rows = out_rows.copy()
+        self.prev_weights = out_weights.copy()
+        self.position += 1
+        return StepResult(out_reads, out_rows, out_weights)
