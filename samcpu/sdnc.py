@@ -48,6 +48,11 @@ class SDNC(_MemoryNetwork):
 
     extra_interface = 3
 
+    #: None, or a function applied to the read modes pi (B, H, 3) = (backward, content,
+    #: forward) of every step before the memory sees them. ``model.modes_hook =
+    #: samcpu.sdnc.content_only`` is the read-mode ablation (does the trained SDNC use its links?).
+    modes_hook = None
+
     def __init__(self, input_size, output_size, hidden_size=100, num_slots=1024, word_size=32,
                  num_heads=4, k=4, link_k=8, index="hnsw", batch_first=False, dtype=torch.float32, path=None,
                  index_options=None):
@@ -61,8 +66,17 @@ class SDNC(_MemoryNetwork):
         w = self.word_size
         parts = torch_bridge.split_interface(iface[..., : 2 * w + 3], w)
         modes = torch.softmax(iface[..., 2 * w + 3:], -1)
+        if self.modes_hook is not None:
+            modes = self.modes_hook(modes)
         r, state = self.access(*parts, modes, state)
         return r.reshape(r.shape[0], -1), state
 
 
-__all__ = ["SDNC", "SparseTemporalAccess"]
+def content_only(modes):
+    """Read modes (0, 1, 0) of ``modes``' shape and dtype: reads by content alone, as SAM's."""
+    out = torch.zeros_like(modes)
+    out[..., 1] = 1
+    return out
+
+
+__all__ = ["SDNC", "SparseTemporalAccess", "content_only"]
