@@ -44,9 +44,10 @@ def main(argv=None):
     t = sub.add_parser("train", help="train SAM or DAM on copy, recall or sort")
     add_arguments(t)
     from .bench import add_arguments as bench_arguments
-    from .bench import scaling
+    from .bench import run as bench
 
-    b = sub.add_parser("bench", help="benchmarks: `samcpu bench scaling` (the paper's Figure 1)")
+    b = sub.add_parser("bench", help="benchmarks: `samcpu bench scaling` (the paper's Figure 1: SAM, DAM), "
+                                     "`samcpu bench figure7` (its Figure 7: SDNC, DNC, SAM)")
     bench_arguments(b)
     sub.add_parser("info", help="versions and threads")
     args = p.parse_args(argv)
@@ -54,7 +55,7 @@ def main(argv=None):
         if args.command == "train":
             return train(args)
         if args.command == "bench":
-            return scaling(args)
+            return bench(args)
         return info(args)
     except ValueError as e:  # a bad argument or file: one line naming it
         print(f"samcpu {args.command}: error: {e}", file=sys.stderr)
