@@ -264,14 +264,16 @@ def test_dense_reference_gradcheck():
 # --------------------------------------------------------------------------- product against naive
 
 CASES = [
-    # (B, N, W, H, K, K_L, steps, pooled adds): every case but the last recycles rows
-    (1, 5, 3, 1, 1, 1, 30, False),
-    (2, 6, 3, 2, 2, 2, 30, True),
-    (2, 9, 4, 4, 2, 3, 25, True),
-    (1, 12, 3, 2, 2, 8, 30, True),  # R = 18 > N: the support is bounded by N
-    (2, 16, 4, 4, 3, 8, 20, True),
-    (1, 4, 2, 4, 1, 2, 20, True),  # H = N: every row is an LRA row at every step
-    (1, 40, 3, 3, 4, 5, 12, False),  # the LRA never recycles
+    # (B, N, W, H, K, K_L, steps, adds drawn from a pool of this many vectors (0: no pool)):
+    # every case but the last recycles rows
+    (1, 5, 3, 1, 1, 1, 30, 0),
+    (2, 6, 3, 2, 2, 2, 30, 3),
+    (2, 9, 4, 4, 2, 3, 25, 3),
+    (1, 12, 3, 2, 2, 8, 30, 3),  # R = 18 > N: the support is bounded by N
+    (2, 16, 4, 4, 3, 8, 20, 3),
+    (1, 4, 2, 4, 1, 2, 20, 3),  # H = N: every row is an LRA row at every step
+    (2, 7, 2, 3, 3, 4, 25, 1),  # one add vector: written rows are parallel, similarities tie
+    (1, 40, 3, 3, 4, 5, 12, 0),  # the LRA never recycles
 ]
 
 
@@ -281,7 +283,7 @@ def run_pair(seed, b, n, w, h, k, kl, steps, pooled, corners=0.5):
     rng = np.random.default_rng(seed)
     mem = product_memory(b, n, w, h, k, kl)
     ref = NaiveSparseTemporalMemory(b, n, w, h, k, kl)
-    pool = rng.normal(size=(3, w)) if pooled else None
+    pool = rng.normal(size=(pooled, w)) if pooled else None
     for t in range(steps):
         x = sdnc_inputs(rng, b, h, w, pool, corners)
         yield t, mem, ref, mem.step(*x), ref.step(*x), x
@@ -494,7 +496,84 @@ def test_bad_read_modes_are_refused_and_change_nothing():
     with pytest.raises(TypeError):
         mem.step(*x[:5])  # read_modes is required
     assert_snapshots_equal(snapshot(mem), before)
+    from samcpu.backprop import MemoryGradient
+    grad = MemoryGradient(mem)
+    for modes in bad[:3]:  # the backward pass checks the shape of the step's read modes too
+        with pytest.raises(ValueError, match="read_modes"):
+            mem.backward_step(5, None, None, *x[:5], modes, grad)
+        assert grad.count.max() == 0
+    mem.replay()
+    assert_snapshots_equal(snapshot(mem), before)
     assert_step_equal(5, mem, ref, mem.step(*x), ref.step(*x))  # and the memory steps on as before
+
+
+@product
+def test_a_step_refused_after_its_write_changes_no_link():
+    """A write that would push a row past the memory's value limit is refused after the write
+    phase has changed the memory rows: the step is undone and no link, precedence or later
+    step sees it."""
+    rng = np.random.default_rng(25)
+    b, n, w, h, k, kl = 1, 6, 2, 1, 2, 2
+    mem = product_memory(b, n, w, h, k, kl)
+    ref = NaiveSparseTemporalMemory(b, n, w, h, k, kl)
+    for _ in range(6):
+        x = smooth_inputs(rng, b, h, w, 1)[0]
+        mem.step(*x)
+        ref.step(*x)
+    big = np.full((b, h, w), 0.6 * mem.value_limit)
+    one, zero, strong = np.ones((b, h)), np.zeros((b, h)), np.full((b, h), 50.0)
+    modes = np.tile([0.0, 1.0, 0.0], (b, h, 1))
+    for x in ((big, strong, big, one, zero, modes),):  # the LRA row gets 0.6 limit and is read
+        mem.step(*x)
+        ref.step(*x)
+    assert mem.memory.max() == pytest.approx(0.6 * mem.value_limit)
+    before = snapshot(mem)
+    with pytest.raises(ValueError, match="limit"):  # adding it again to the row just read
+        mem.step(big, strong, big, one, one, modes)
+    assert_snapshots_equal(snapshot(mem), before)
+    for t in range(7, 12):
+        x = smooth_inputs(rng, b, h, w, 1)[0]
+        assert_step_equal(t, mem, ref, mem.step(*x), ref.step(*x))
+
+
+@product
+@pytest.mark.parametrize("link_k", [-1, 2.5, "2", True, None])
+def test_bad_link_k_is_refused(link_k):
+    with pytest.raises(ValueError, match="link_k"):
+        samcpu.SparseTemporalMemory(1, 8, 2, link_k=link_k, index="exact")
+
+
+@product
+def test_torch_access_refuses_bad_read_modes():
+    access = samcpu.SparseTemporalAccess(8, 2, 2, 2, 2, index="exact", dtype=torch.float64)
+    state = access.initial_state(1)
+    x = [torch.tensor(v) for v in smooth_inputs(np.random.default_rng(0), 1, 2, 2, 1)[0]]
+    for modes in (x[5][..., :2], x[5] * 2, -x[5]):
+        with pytest.raises(ValueError, match="read_modes"):
+            access(*x[:5], modes, state)
+    assert access.memory.position == 0
+    reads, state = access(*x, state)
+    assert reads.shape == (1, 2, 2)
+
+
+@product
+def test_hnsw_index_reads_are_well_formed():
+    """With the approximate index (float32): each support lists distinct rows first and -1
+    after, weights >= 0 where used and 0 after, and reads are the weighted sums of the rows."""
+    rng = np.random.default_rng(31)
+    b, n, w, h, k, kl = 2, 64, 4, 2, 3, 2
+    mem = samcpu.SparseTemporalMemory(b, n, w, num_heads=h, k=k, link_k=kl, index="hnsw")
+    for _ in range(25):
+        res = mem.step(*(np.asarray(v, np.float32) for v in sdnc_inputs(rng, b, h, w)))
+        assert res.rows.shape == res.weights.shape == (b, h, k + 2 * kl)
+        for i in range(b):
+            for j in range(h):
+                rows, weights = res.rows[i, j], res.weights[i, j]
+                used = int((rows >= 0).sum())
+                assert (rows[:used] >= 0).all() and len(set(rows[:used].tolist())) == used >= k
+                assert (weights[:used] >= 0).all() and (weights[used:] == 0).all()
+                want = (weights[:used, None].astype(np.float64) * mem.memory[i, rows[:used]]).sum(0)
+                np.testing.assert_allclose(res.reads[i, j], want, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -644,5 +723,5 @@ def test_sdnc_network_trains():
         loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
