@@ -345,7 +345,7 @@ def _skip_dnc(n, batch, steps, limit_n, limit_name, args, last=None):
     if last is not None:
         predicted = last[1] * (n / last[0]) ** 2
         if predicted > args.budget:
-            return f"predicted {predicted:.0f} s per sequence (quadratic in N) > --budget {args.budget:g} s"
+            return f"predicted {predicted:.3g} s per sequence (quadratic in N) > --budget {args.budget:g} s"
     return None
 
 
@@ -573,7 +573,8 @@ def figure7_plot(res, path):
         ax.set_yscale("log")
         ax.set_xlabel("memory slots N")
         ax.set_title(label, fontsize=10)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     at = res["derived"].get("at_2048", {})
     if "dnc_over_sdnc_time" in at:
         fig.suptitle(f"N=2,048: SDNC {at['dnc_over_sdnc_time']:,.0f}x faster, "
