@@ -21,7 +21,9 @@ store (:func:`lost_ranks`); a rendezvous that cannot be reached raises
 :class:`DistributedError` naming the endpoint.
 """
 import datetime
+import inspect
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -32,7 +34,8 @@ from ._util import parse_int
 
 #: seconds a rank waits for the others at a collective (and for the rendezvous) by default
 DEFAULT_TIMEOUT = 300
-#: seconds the survivors of a failed collective wait for each other to answer the roll call
+#: seconds the survivors of a failed collective wait for each other to answer the roll call (at
+#: most; a tenth of the timeout when that is shorter)
 ROLL_CALL_SECONDS = 5.0
 
 
@@ -53,12 +56,19 @@ class World:
     """This process's place among the ranks (``torchrun``'s environment variables).
 
     rank, size: ``RANK`` and ``WORLD_SIZE``; local_rank, local_size: ``LOCAL_RANK`` and
-    ``LOCAL_WORLD_SIZE`` (the ranks on this machine, which share its cores)."""
+    ``LOCAL_WORLD_SIZE`` (the ranks on this machine, which share its cores); timeout: seconds
+    a rank waits for the rendezvous and for the others at a collective."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def roll_call(self):
+        """Seconds the survivors of a failed collective wait for each other's answer."""
+        return min(ROLL_CALL_SECONDS, self.timeout / 10)
 
     @property
     def main(self):
@@ -131,19 +141,19 @@ def threads_per_rank(world, threads):
     return max(1, min(threads, cores() // world.local_size))
 
 
-def start(world, timeout=DEFAULT_TIMEOUT):
+def start(world):
     """Join the gloo process group of ``world`` (rendezvous at ``MASTER_ADDR:MASTER_PORT``).
 
-    ``timeout`` (seconds) bounds the wait for the rendezvous and, later, for the other ranks at
-    each collective. A rendezvous that cannot be reached: :class:`DistributedError` with the
-    endpoint."""
-    where = endpoint()
+    ``world.timeout`` (seconds) bounds the wait for the rendezvous and, later, for the other
+    ranks at each collective. A rendezvous that cannot be reached: :class:`DistributedError`
+    with the endpoint."""
+    where, timeout = endpoint(), world.timeout
     try:
         dist.init_process_group("gloo", rank=world.rank, world_size=world.size,
                                 timeout=datetime.timedelta(seconds=timeout))
     except (RuntimeError, ValueError, OSError) as e:
         raise DistributedError(
-            f"rank {world.rank} cannot join the rendezvous at {where} within {timeout:g} s "
+            f"cannot join the rendezvous at {where} within {timeout:g} s "
             f"({_first_line(e)}); is rank 0 running, and is {where} reachable from this machine?") from None
 
 
@@ -154,22 +164,32 @@ def stop():
 
 
 def _first_line(e):
+    """``Type: first line`` of ``e``, without gloo's source location and its advice."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    line = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\] ", "", text[0]).split(" This is typically caused")[0]
+    return f"{type(e).__name__}: {line[:300]}"
 
 
 def share(obj, world):
     """Rank 0's ``obj`` on every rank (pickled over the process group)."""
     box = [obj if world.main else None]
-    dist.broadcast_object_list(box, src=0)
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except RuntimeError as e:
+        raise lost(world, e) from None
     return box[0]
 
 
 def wrap(model):
-    """``model`` in DDP. ``broadcast_buffers=False``: a samcpu module's only buffers are empty
-    dtype probes (``SparseAccess._dtype_probe``), nothing to keep in step, and the memories are
-    not buffers at all; the parameters are broadcast from rank 0 once, here."""
-    return torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    """``model`` in DDP, its buffers not broadcast at each forward: a samcpu module's only
+    buffers are empty dtype probes (``SparseAccess._dtype_probe``), nothing to keep in step, and
+    the memories are not buffers at all. The parameters are broadcast from rank 0 once, here."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if "forward_sync_buffers" in inspect.signature(ddp).parameters:  # torch >= 2.12
+        return ddp(model, forward_sync_buffers=False)
+    return ddp(model, broadcast_buffers=False)
 
 
 def shard(batch, rank, size):
@@ -186,7 +206,7 @@ def reduce_sums(values):
     return t.tolist()
 
 
-def lost_ranks(world, grace=ROLL_CALL_SECONDS):
+def lost_ranks(world, grace):
     """After a failed collective: the ranks that do not answer a roll call on the rendezvous
     store within ``grace`` seconds (each survivor answers once; the dead never do). None when
     the store itself is gone (it lives in rank 0, or in torchrun's agent on the first machine)."""
@@ -204,9 +224,10 @@ def lost_ranks(world, grace=ROLL_CALL_SECONDS):
         return None
 
 
-def lost(world, cause, grace=ROLL_CALL_SECONDS):
-    """The :class:`RankLost` for a collective that failed with ``cause``."""
-    missing = lost_ranks(world, grace)
+def lost(world, cause):
+    """The :class:`RankLost` for a collective that failed with ``cause`` (after a roll call of
+    ``world.roll_call`` seconds)."""
+    missing = lost_ranks(world, world.roll_call)
     why = f"(rank {world.rank} saw: {_first_line(cause)})"
     if missing is None:
         return RankLost(f"lost contact with the other ranks and with the rendezvous store at {endpoint()} "

@@ -13,6 +13,7 @@ second Ctrl-C abandons the episode at once and saves the state before it.
 import argparse
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -499,10 +500,10 @@ def _train_distributed(args, world):
     rank or an unreachable rendezvous: an error line naming it on stderr, exit status 1."""
     if args.batch is not None:
         distributed.check_batch(args.batch, world.size)
-    timeout = args.dist_timeout or distributed.DEFAULT_TIMEOUT
+    world = dataclasses.replace(world, timeout=args.dist_timeout or distributed.DEFAULT_TIMEOUT)
     threads_given = args.threads is not None
     try:
-        distributed.start(world, timeout)
+        distributed.start(world)
         try:
             if not world.main:
                 kind, payload = distributed.share(None, world)
@@ -688,11 +689,12 @@ def _run(args, ck, changed, ckpt_path, world=_ONE_RANK, threads_given=True):
                 if before is not None:
                     _restore_rng_states(before, task, levels, curriculum)
                 if isinstance(e, distributed.RankLost):
-                    if main and saved_at != episode:
-                        out.flush()
-                        os.fsync(out.fileno())
-                        checkpoint()
-                        e.args = (f"{e.args[0]}; saved the checkpoint at episode {episode:,d}: {ckpt_path}",)
+                    if main:  # the state after the last committed episode: the same on every rank
+                        if saved_at != episode:
+                            out.flush()
+                            os.fsync(out.fileno())
+                            checkpoint()
+                        e.args = (f"{e.args[0]}; the checkpoint holds episode {episode:,d}: {ckpt_path}",)
                     raise
             finally:
                 bar.close()

@@ -7,7 +7,9 @@ the last checkpoint resumes; a batch that does not split and an unreachable rend
 refused with the reason. Ranks are separate processes: this file is also their script
 (``python tests/test_distributed.py ddp RANK SIZE OUT``).
 """
+import contextlib
 import csv
+import io
 import os
 import re
 import signal
@@ -19,6 +21,10 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from samcpu import distributed, train
+from samcpu.cli import main
+from samcpu.tasks import Batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -111,16 +117,15 @@ def _ddp_worker(rank, size, out):
 def test_two_ranks_of_half_the_batch_equal_one_process_float64(tmp_path):
     port, out = free_port(), tmp_path / "ddp.pt"
     procs = [launch([PYTHON, __file__, "ddp", str(r), "2", str(out)], r, 2, port) for r in range(2)]
-    results = finish(procs)
-    for code, _, err in results:
-        assert code == 0, err
     threads = torch.get_num_threads()
-    try:
+    try:  # one process with the whole batch, meanwhile
         torch.set_num_threads(1)
         single = ddp_train(0, 1)
         initial = ddp_train(0, 1, steps=0)
     finally:
         torch.set_num_threads(threads)
+    for code, _, err in finish(procs):
+        assert code == 0, err
     two = torch.load(out, weights_only=True)
     assert two.keys() == single.keys()
     for name in single:
@@ -128,6 +133,220 @@ def test_two_ranks_of_half_the_batch_equal_one_process_float64(tmp_path):
     # the steps moved every parameter far beyond the tolerance (lr 1e-3, RMSProp)
     for name, before in initial.items():
         assert float((single[name] - before).abs().max()) > 1e-4, name
+
+
+
+# ------------------------------------------------------------------ samcpu train, float32
+
+def readme_torchrun_lines(nnodes):
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## More than one process or machine"):]
+    section = section[:section.index("\n## ", 1)]
+    lines = [line for line in section.splitlines() if line.startswith("torchrun ")]
+    return [line for line in lines if ("--nnodes 2" in line) == (nnodes == 2)]
+
+
+def csv_rows(out):
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_training(a, b, tolerance=1e-5):
+    """Two run folders: the same episodes, levels and errors; losses and weights to ``tolerance``."""
+    ra, rb = csv_rows(a), csv_rows(b)
+    assert [(r["episode"], r["level"], r["max_level"], r["bits_error"]) for r in ra] == \
+        [(r["episode"], r["level"], r["max_level"], r["bits_error"]) for r in rb]
+    np.testing.assert_allclose([float(r["loss"]) for r in ra], [float(r["loss"]) for r in rb], rtol=tolerance)
+    wa, wb = (train.load_checkpoint(str(x / "checkpoint.pt"))["model"] for x in (a, b))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=tolerance, msg=name)
+
+
+RUN = [*TINY, "--batch", "4", "--patience", "2", "--threshold", "30"]
+
+
+def test_the_readme_two_machine_launch_trains_as_one_process_and_resumes_on_one(tmp_path):
+    """The README's `torchrun --nnodes 2` commands (one rank each, on 127.0.0.1): the same
+    metrics and weights as one process with the whole batch; the checkpoint resumes in one."""
+    lines = readme_torchrun_lines(2)
+    assert len(lines) == 2 and "--node-rank 0" in lines[0] and "--node-rank 1" in lines[1]
+    port, two, one = free_port(), tmp_path / "two", tmp_path / "one"
+    procs = []
+    for line in lines:
+        words = re.sub(r"--master-port \d+", f"--master-port {port}", line).split()
+        words[0] = TORCHRUN
+        procs.append(subprocess.Popen([*words, *RUN, "--steps", "6", "--out", str(two)], cwd=tmp_path,
+                                      env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    assert main(["train", *RUN, "--steps", "6", "--out", str(one)]) == 0  # meanwhile, one process
+    results = finish(procs)
+    for code, _, err in results:
+        assert code == 0, err
+    assert "6 episodes" in results[0][1] and "episodes" not in results[1][1]  # rank 0 alone reports
+    assert sorted(os.listdir(two)) == sorted(os.listdir(one))  # rank 0 alone wrote, the same files
+    assert_same_training(two, one)
+    ck = train.load_checkpoint(str(two / "checkpoint.pt"))
+    assert ck["ranks"] == 2 and ck["episode"] == 6
+    # levels moved: the all-reduced errors drove the curriculum as one process's did
+    assert {r["max_level"] for r in csv_rows(one)} != {"1"}
+    # the 2-rank checkpoint goes on in one process like the 1-process run
+    assert main(["train", "--resume", "--steps", "9", "--out", str(two), "--quiet"]) == 0
+    assert main(["train", "--resume", "--steps", "9", "--out", str(one), "--quiet"]) == 0
+    assert_same_training(two, one)
+    resumes = train.load_checkpoint(str(two / "checkpoint.pt"))["resumes"]
+    assert resumes[-1]["ranks"] == 1 and resumes[-1]["episode"] == 6
+
+
+def test_the_readme_torchrun_lines_use_existing_options():
+    from samcpu.cli import main as cli
+
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    lines = readme_torchrun_lines(1) + readme_torchrun_lines(2)
+    assert len(lines) >= 3
+    for line in lines:
+        assert " -m samcpu train " in line, line
+        for flag in (w for w in line.split(" -m samcpu train ")[1].split() if w.startswith("--")):
+            assert flag in out.getvalue(), f"{line}: {flag} is not an option of samcpu train"
+
+
+# ------------------------------------------------------------------ failures
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_rank_stops_the_other_naming_it_and_the_checkpoint_resumes(tmp_path, victim):
+    out, port = tmp_path / "run", free_port()
+    args = [PYTHON, "-m", "samcpu", "train", *RUN, "--steps", "100000", "--checkpoint-every", "3",
+            "--dist-timeout", "20", "--out", str(out)]  # a roll call of 2 s
+    procs = [launch(args, r, 2, port) for r in range(2)]
+    try:
+        deadline = time.monotonic() + LIMIT
+        while not (out / "checkpoint.pt").exists():
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [p.communicate() for p in procs if p.poll() is not None]
+            time.sleep(0.1)
+        procs[victim].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        code, _, err = finish([procs[1 - victim]])[0]
+    finally:
+        finish(procs)
+    assert code == 1, err
+    assert time.monotonic() - killed < LIMIT
+    ck = train.load_checkpoint(str(out / "checkpoint.pt"))
+    assert ck["episode"] >= 3 and ck["ranks"] == 2
+    last = err.strip().splitlines()[-1]
+    if victim == 1:  # rank 0 names the rank that did not answer and saves the last episode
+        assert last.startswith("samcpu train: error: rank 0: rank 1 of 2 stopped answering"), err
+        assert f"the checkpoint holds episode {ck['episode']}: {out / 'checkpoint.pt'}" in last
+    else:  # rank 0 held the rendezvous store: it is gone with it
+        assert last.startswith("samcpu train: error: rank 1: lost contact"), err
+        assert "rank 0" in last and f"127.0.0.1:{port}" in last
+
+    rows = csv_rows(out)
+    assert int(rows[-1]["episode"]) >= ck["episode"]
+    steps = ck["episode"] + 2
+    assert main(["train", "--resume", "--steps", str(steps), "--out", str(out), "--quiet"]) == 0
+    assert [int(r["episode"]) for r in csv_rows(out)] == list(range(1, steps + 1))
+
+
+def distributed_env(monkeypatch, rank, port):
+    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                           LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(key, value)
+
+
+def test_a_batch_that_does_not_split_is_refused_before_anything(tmp_path, monkeypatch, capsys):
+    distributed_env(monkeypatch, 0, free_port())
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--batch", "3", "--steps", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--batch 3 (the global batch) does not split over 2 ranks" in err and "2 or 4" in err
+    assert not out.exists()
+
+
+def test_an_unreachable_rendezvous_is_named(tmp_path, monkeypatch, capsys):
+    import torch.distributed as dist
+
+    port = free_port()  # nobody listens there
+    distributed_env(monkeypatch, 1, port)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--batch", "4", "--dist-timeout", "2", "--out", str(out)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    want = f"samcpu train: error: rank 1: cannot join the rendezvous at 127.0.0.1:{port} "
+    assert last.startswith(want), last
+    assert not dist.is_initialized() and not out.exists()
+
+
+def test_rank_0_refusing_the_arguments_stops_every_rank(tmp_path):
+    port, out = free_port(), tmp_path / "run"
+    args = [PYTHON, "-m", "samcpu", "train", *RUN, "--resume", "--dist-timeout", "30", "--out", str(out)]
+    results = finish([launch(args, r, 2, port) for r in range(2)])
+    why = f"--resume: no checkpoint at {out / 'checkpoint.pt'}"
+    for rank, (code, _, err) in enumerate(results):
+        assert code == 2, err
+        assert err.strip().splitlines()[-1] == "samcpu train: error: " + (
+            why if rank == 0 else f"rank 0 refused the run: {why}"), err
+
+
+# ------------------------------------------------------------------ the parts
+
+def test_world_from_env():
+    assert distributed.world_from_env({}) == distributed.World()
+    env = dict(WORLD_SIZE="4", RANK="3", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT="29500")
+    world = distributed.world_from_env(env)
+    assert world == distributed.World(3, 4, 1, 2) and world.active and not world.main
+    for key, value in (("RANK", "4"), ("RANK", "x"), ("WORLD_SIZE", "0"), ("LOCAL_RANK", "2")):
+        with pytest.raises(ValueError, match=key):
+            distributed.world_from_env(dict(env, **{key: value}))
+    with pytest.raises(ValueError, match="MASTER_PORT"):
+        distributed.world_from_env({k: v for k, v in env.items() if k != "MASTER_PORT"})
+    # ranks on one machine share its cores; never fewer than one thread
+    cores = distributed.cores()
+    assert distributed.threads_per_rank(distributed.World(0, 2, 0, 2), 64) == max(1, cores // 2)
+    assert distributed.threads_per_rank(distributed.World(0, 64, 0, 64), 2) == 1
+
+
+def test_shards_are_the_global_batch_in_order():
+    from samcpu.tasks import CopyTask
+
+    batch = CopyTask(seed=3).sample(6)
+    for size in (1, 2, 3, 6):
+        parts = [distributed.shard(batch, r, size) for r in range(size)]
+        assert all(p.input.shape[1] == 6 // size for p in parts)
+        for i, x in enumerate(batch):
+            assert torch.equal(torch.cat([p[i] for p in parts], 1), x)
+    assert distributed.check_batch(8, 4) == 2
+    with pytest.raises(ValueError, match="--batch 7 .* over 4 ranks: give a multiple of 4, e.g. 4 or 8"):
+        distributed.check_batch(7, 4)
+
+
+@pytest.mark.parametrize("kind", ["bits", "answers"])
+def test_the_reduced_error_is_the_global_batchs(monkeypatch, kind):
+    """Two shards' metrics, summed as the all-reduce sums them, give exactly the error of the
+    whole batch (bits per sequence; or a share of the scored answers, shards scoring unequal
+    numbers of answers)."""
+    from samcpu.tasks import answer_error, bits_error
+
+    gen = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(5, 6, 4, generator=gen), (torch.rand(5, 6, 4, generator=gen) > 0.5).float()
+    mask = (torch.rand(5, 6, generator=gen) > 0.4).float()
+    mask[:, :3] = 0  # the first shard scores nothing
+    mask[0, 0] = 1  # but one answer
+    task = type("T", (), {"error": staticmethod(answer_error)})() if kind == "answers" else object()
+    whole = (answer_error if kind == "answers" else bits_error)(logits, target, mask)
+    sent = []
+    monkeypatch.setattr(distributed, "reduce_sums", lambda values: sent.append(values) or values)
+    world = distributed.World(0, 2)
+    whole_batch = Batch(logits, target, mask)  # the logits stand in for the input: same shape
+    for r in range(2):
+        part = distributed.shard(whole_batch, r, 2)
+        train._metrics(task, torch.tensor(1.0), part.input, part, world, stop=r == 1)
+    sums = [a + b for a, b in zip(*sent, strict=True)]
+    monkeypatch.setattr(distributed, "reduce_sums", lambda values: sums)
+    loss, error, stop = train._metrics(task, torch.tensor(1.0), logits, whole_batch, world, stop=False)
+    assert error == whole and stop and loss == 1.0
 
 
 if __name__ == "__main__":
