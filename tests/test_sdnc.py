@@ -318,11 +318,16 @@ def assert_step_equal(t, mem, ref, got, want, atol=0.0):
 def test_step_equals_naive(case, seed):
     b, n, _, h, k, kl, steps, _ = case
     followed = 0
+    recycled = False
+    before = np.zeros((b, n), np.int64)  # the reference's usage before each step
     for t, mem, ref, got, want, _ in run_pair(seed, *case):
         assert_step_equal(t, mem, ref, got, want)
         followed += int((got.rows[..., k:] >= 0).sum())
+        recycled |= bool(((before == 0).sum(axis=1) < h).any())  # the LRA took a used row
+        before = ref.usage.copy()
     assert mem.position == steps and mem.read_size == k + 2 * kl
     assert followed > 0  # the link rows took part in the support
+    assert recycled == (n < 40)
 
 
 def test_rows_of_a_negative_precedence_entry_are_not_linked():
@@ -581,21 +586,22 @@ def test_hnsw_index_reads_are_well_formed():
 
 def dense_forward(inputs, c, e, n, k, kl):
     """L = sum_t <c_t, r_t> + <e, w^R_T> on the dense reference; returns (loss, leaves, states,
-    infos) with every state's read weights retaining their gradient."""
+    infos, reads) with every state's read weights retaining their gradient."""
     b, h, w = inputs[0][0].shape
     dense = DenseSparseTemporalAccess(n, w, h, k, kl)
     leaves = [[torch.tensor(x, requires_grad=True) for x in step] for step in inputs]
     state = dense.initial_state(b)
-    states, infos, loss = [state], [], 0.0
+    states, infos, loss, reads_out = [state], [], 0.0, []
     for x, ct in zip(leaves, c, strict=True):
         r, state, info = dense(*x, state)
+        reads_out.append(r.detach().numpy())
         state.read_weights.retain_grad()
         states.append(state)
         infos.append(info)
         loss = loss + (torch.from_numpy(ct) * r).sum()
     loss = loss + (torch.from_numpy(e) * infos[-1].weights).sum()
     loss.backward()
-    return loss, leaves, states, infos
+    return loss, leaves, states, infos, reads_out
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -609,13 +615,14 @@ def test_eight_step_gradients_equal_dense_reference(seed):
     inputs = smooth_inputs(rng, b, h, w, steps)
     r = k + 2 * kl
     c, e = rng.normal(size=(steps, b, h, w)), rng.normal(size=(b, h, r))
-    _, leaves, states, infos = dense_forward(inputs, c, e, n, k, kl)
+    _, leaves, states, infos, dense_reads = dense_forward(inputs, c, e, n, k, kl)
 
     mem = product_memory(b, n, w, h, k, kl)
     for t, x in enumerate(inputs):
         res = mem.step(*x)
         np.testing.assert_array_equal(res.rows, infos[t].rows, err_msg=f"step {t + 1}")
         np.testing.assert_allclose(res.weights, infos[t].weights.detach().numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.reads, dense_reads[t], rtol=0, atol=1e-12)
     assert (infos[-1].rows[..., k:] >= 0).any()
     grad = MemoryGradient(mem)
     g_w = e
@@ -645,15 +652,17 @@ def test_torch_access_gradients_equal_dense_reference():
     inputs = smooth_inputs(rng, b, h, w, steps)
     r = k + 2 * kl
     c, e = rng.normal(size=(steps, b, h, w)), rng.normal(size=(b, h, r))
-    want_loss, want, _, _ = dense_forward(inputs, c, e, n, k, kl)
+    want_loss, want, _, _, want_reads = dense_forward(inputs, c, e, n, k, kl)
 
     access = samcpu.SparseTemporalAccess(n, w, h, k, kl, index="exact", dtype=torch.float64)
     leaves = [[torch.tensor(x, requires_grad=True) for x in step] for step in inputs]
     state = access.initial_state(b)
-    loss = 0.0
+    loss, loss_terms = 0.0, []
     for x, ct in zip(leaves, c, strict=True):
         reads, state = access(*x, state)
         assert reads.shape == (b, h, w) and reads.dtype == torch.float64
+        np.testing.assert_allclose(reads.detach().numpy(), want_reads[len(loss_terms)], rtol=0, atol=1e-12)
+        loss_terms.append(reads)
         loss = loss + (torch.from_numpy(ct) * reads).sum()
     assert state.weights.shape == (b, h, r)
     loss = loss + (torch.from_numpy(e) * state.weights).sum()
