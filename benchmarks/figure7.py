@@ -12,7 +12,8 @@ What is measured
   The models of samcpu.bench.build, the paper's Figure 7 configuration: input/output 8, LSTM
   100, W=32, 4 heads; samcpu.SDNC (HNSW index, K=4, K_L=8), samcpu.DNC (the vectorised torch
   DNC: 4 read heads, 1 write head, dense N x N links) and samcpu.SAM (HNSW index, K=4).
-  Every worker process runs one torch thread and one numba thread (--threads 1).
+  Every worker process runs one torch thread, one numba thread and (SAM, SDNC) one HNSW index
+  thread (--threads 1; the index's default is 2 threads over the batch elements).
   Time: one training sequence = forward over T=10 steps from a fresh state, BCE-with-logits
   loss against random bits, backward, RMSprop step, B=8; time per step = sequence / T. In
   --rounds rounds over all N, each (model, N) gets a fresh worker (the models interleaved per
@@ -56,7 +57,8 @@ def other_benchmarks():
 
 def profile(kinds, n, args, top=15):
     """cProfile of 5 training sequences (B=--batch, T=--steps) of each model at N = ``n``, after
-    2 untimed ones, in this process (one torch and one numba thread); the top functions by tottime."""
+    2 untimed ones, in this process (--threads torch, numba and index threads); the top functions
+    by tottime."""
     import numba
     import torch
 
@@ -64,7 +66,7 @@ def profile(kinds, n, args, top=15):
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     result = {}
     for kind in kinds:
-        model, opt, gen = bench._model_and_optimiser(kind, n)
+        model, opt, gen = bench._model_and_optimiser(kind, n, args.threads)
         for _ in range(2):
             bench.train_sequence(model, opt, args.steps, args.batch, gen)
         prof = cProfile.Profile()

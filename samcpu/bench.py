@@ -44,24 +44,27 @@ KINDS = ("sam", "dam", "sdnc", "dnc")
 DENSE = ("dam", "dnc")
 
 
-def build(kind, n, seed=0):
+def build(kind, n, seed=0, index_threads=None):
     """The benchmark model with N = ``n`` slots, input and output 8, LSTM 100, W=32, 4 heads:
     ``"sam"`` (SAM, HNSW index, K=4), ``"dam"`` (DAM), ``"sdnc"`` (SDNC, HNSW index, K=4,
     K_L=8) or ``"dnc"`` (DNC: 4 read heads, 1 write head, dense N x N links); parameters seeded
-    by ``seed``."""
+    by ``seed``. ``index_threads``: the HNSW index's threads over the batch (None: the index's
+    default, 2)."""
     import torch
 
     torch.manual_seed(seed)
+    options = None if index_threads is None else dict(num_threads=index_threads)
     if kind == "sam":
         from .nn import SAM
-        return SAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H, k=K, index="hnsw")
+        return SAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H, k=K, index="hnsw",
+                   index_options=options)
     if kind == "dam":
         from .nn import DAM
         return DAM(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H)
     if kind == "sdnc":
         from .sdnc import SDNC
         return SDNC(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_heads=H, k=K, link_k=LINK_K,
-                    index="hnsw")
+                    index="hnsw", index_options=options)
     if kind == "dnc":
         from .dnc import DNC
         return DNC(IO, IO, hidden_size=HIDDEN, num_slots=n, word_size=W, num_read_heads=H, num_write_heads=1)
@@ -90,10 +93,10 @@ def train_sequence(model, opt, steps, batch, gen):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _model_and_optimiser(kind, n):
+def _model_and_optimiser(kind, n, index_threads=None):
     import torch
 
-    model = build(kind, n)
+    model = build(kind, n, index_threads=index_threads)
     return model, torch.optim.RMSprop(model.parameters(), lr=1e-4), torch.Generator().manual_seed(0)
 
 
@@ -268,14 +271,15 @@ def malloc_trim():
         return None
 
 
-def sequence_times(kind, n, batch, steps, repeats, min_ms, budget_s):
+def sequence_times(kind, n, batch, steps, repeats, min_ms, budget_s, threads=1):
     """In a fresh process: wall and CPU seconds of timed training sequences (B = ``batch``, T =
     ``steps``, each from a fresh state, forward + loss + backward + optimiser step) after one
     untimed warm-up sequence (T steps for a sparse model, which loads or compiles its kernels;
     2 steps for a dense one); at least ``repeats`` of them and until ``min_ms`` milliseconds are
-    timed, stopping early (after one) when the next would end after ``budget_s`` seconds.
+    timed, stopping early (after one) when the next would end after ``budget_s`` seconds. The
+    HNSW index (SAM, SDNC) gets ``threads`` threads, as torch and numba do in the worker.
     Returns a dict (the worker prints it as JSON)."""
-    model, opt, gen = _model_and_optimiser(kind, n)
+    model, opt, gen = _model_and_optimiser(kind, n, threads)
     warm = train_sequence(model, opt, 2 if kind in DENSE else steps, batch, gen)[0]
     walls, cpus = [], []
     t0 = time.perf_counter()
@@ -288,23 +292,24 @@ def sequence_times(kind, n, batch, steps, repeats, min_ms, budget_s):
     return dict(warmup_s=warm, wall_s=walls, cpu_s=cpus)
 
 
-def memory_with_init(kind, n, steps):
+def memory_with_init(kind, n, steps, threads=1):
     """In a fresh process: bytes of resident memory that building the model (N = ``n``) and its
     optimiser and one training sequence (B=1, T = ``steps``, optimiser step included) add at their
     peak. First a small model of the same kind (sparse: N=1,024 for 200 steps; dense: N=64 for T
     steps) loads or compiles the kernels and warms torch; it is freed, the heap trimmed, and the
-    peak RSS reset to the current RSS, the baseline. Returns a dict of bytes (printed as JSON)."""
+    peak RSS reset to the current RSS, the baseline. The HNSW index (SAM, SDNC) gets ``threads``
+    threads. Returns a dict of bytes (printed as JSON)."""
     import gc
 
     dense = kind in DENSE
-    small, opt, gen = _model_and_optimiser(kind, 64 if dense else 1024)
+    small, opt, gen = _model_and_optimiser(kind, 64 if dense else 1024, threads)
     train_sequence(small, opt, steps if dense else 200, 1, gen)
     del small, opt
     gc.collect()
     trimmed = malloc_trim()
     was_reset = reset_peak_rss()
     base = rss_bytes()
-    model, opt, gen = _model_and_optimiser(kind, n)
+    model, opt, gen = _model_and_optimiser(kind, n, threads)
     built = rss_bytes()
     train_sequence(model, opt, steps, 1, gen)
     peak = peak_rss_bytes()
@@ -362,7 +367,8 @@ def _figure7_memory(kind, n, args):
         r["memory_skipped"] = shown = why
     else:
         r["memory_loadavg"] = os.getloadavg()[0]
-        m = _worker("memory-init", (kind, n, args.memory_steps), args.timeout, args.threads, _json)
+        m = _worker("memory-init", (kind, n, args.memory_steps, args.threads), args.timeout, args.threads,
+                    _json)
         if m is None:
             r["memory_failed"], shown = True, "failed"
         else:
@@ -377,8 +383,8 @@ def _figure7_time(kind, n, args, r, rnd):
     """One timing worker of round ``rnd`` for (model, N); adds its sequences to ``r`` and updates
     the medians there. Returns the worker's wall seconds per sequence (None if it failed)."""
     r.setdefault("time_loadavg", []).append(os.getloadavg()[0])
-    t = _worker("time-seqs", (kind, n, args.batch, args.steps, args.repeats, args.min_ms, int(args.budget)),
-                args.timeout, args.threads, _json)
+    t = _worker("time-seqs", (kind, n, args.batch, args.steps, args.repeats, args.min_ms, args.budget,
+                              args.threads), args.timeout, args.threads, _json)
     if t is None:
         r["time_failed"] = True
         return None
@@ -413,7 +419,7 @@ def figure7(args, machine=None, command=None, extra=None):
     res = dict(settings=dict(batch=args.batch, steps=args.steps, memory_batch=1,
                              memory_steps=args.memory_steps, rounds=args.rounds, repeats=args.repeats,
                              min_ms=args.min_ms, budget_s=args.budget, threads=args.threads, hidden=HIDDEN,
-                             word_size=W, heads=H, k=K, link_k=LINK_K,
+                             word_size=W, heads=H, k=K, link_k=LINK_K, index_threads=args.threads,
                              dnc_read_heads=H, dnc_write_heads=1, dnc_max=args.dnc_max,
                              dnc_memory_max=args.dnc_memory_max, memory_limit=args.memory_limit,
                              timeout_s=args.timeout, models=models, slots=slots),
@@ -423,7 +429,7 @@ def figure7(args, machine=None, command=None, extra=None):
     t_start = time.perf_counter()
     print(f"Figure 7: {', '.join(m.upper() for m in models)}; LSTM {HIDDEN}, W={W}, {H} heads, K={K}, "
           f"K_L={LINK_K}; time B={args.batch}, T={args.steps}; memory B=1, T={args.memory_steps} "
-          f"(initialisation included); {args.threads} torch and numba thread(s) per worker; "
+          f"(initialisation included); {args.threads} torch, numba and index thread(s) per worker; "
           f"load average {res['loadavg_start'][0]:.2f}", flush=True)
     last_dnc = None  # (N, seconds per sequence) of the largest N the DNC was timed at
     for n in slots:  # memory first: each (N, model) in a fresh worker, interleaved per N
@@ -639,7 +645,8 @@ def figure7_arguments(p, out="runs/bench"):
                    help="seconds of timed sequences per worker (timing stops, after one, when the next "
                         "sequence would pass it); the DNC is not run where one is predicted to take longer")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per worker process")
-    p.add_argument("--threads", type=positive_int, default=1, help="torch and numba threads per worker")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch, numba and HNSW index threads per worker (default 1)")
     p.add_argument("--out", default=out, help=f"folder for figure7.json and figure7.png (default {out})")
 
 
@@ -660,7 +667,7 @@ if __name__ == "__main__":
         what, threads, kind, *nums = sys.argv[2:]
         torch.set_num_threads(int(threads))  # the same thread budget for the sparse kernels and dense torch
         numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
-        result = globals()[WORKERS[what]](kind, *(float(v) if "." in v else int(v) for v in nums))
+        result = globals()[WORKERS[what]](kind, *(int(v) if v.isdigit() else float(v) for v in nums))
         if isinstance(result, dict):
             print(json.dumps(result))
         else:
