@@ -389,9 +389,11 @@ class SparseMemory:
             K.write_phase(self._memory, self._usage, self._prev, self._next, self._ends,
                           self._prev_rows, self._prev_weights, a, alpha, gamma, lra,
                           chunk.jrows[s], chunk.jvals[s], chunk.jcount[s])
-            # a row gains at most max|a| per head (alpha gamma w + alpha (1 - gamma) <= 1), so
-            # while the bound says so no written value can have passed the limit
-            peak = self._peak + h * add_peak * (1 + 1e-6)
+            # a row gains at most max|a| max(1, sum w) per head (alpha gamma w + alpha (1 - gamma);
+            # SAM's read weights sum to 1, the SDNC's can exceed it), so while the bound says so no
+            # written value can have passed the limit
+            spread = max(1.0, float(self._prev_weights.sum(-1, dtype=np.float64).max(initial=0.0)))
+            peak = self._peak + h * add_peak * spread * (1 + 1e-6)
             if peak > self.value_limit / 2:
                 peak = max(self._peak, self._check_written(chunk.jrows[s]))
             self._written.add(chunk.jrows[s])

@@ -326,7 +326,7 @@ def link_update_before(table, rows, weights, n, prec_rows, prec_vals):
 
 @nb.njit(**NJIT)
 def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
-    """Step 6, P_h: for every row j of p_h, P_h(j, i) <- (1 - w^W_h(i)) P_h(j, i) + w^W_h(i) p_h(j)
+    """Step 6, P_h: for every row j with p_h(j) > 0, P_h(j, i) <- (1 - w^W_h(i)) P_h(j, i) + w^W_h(i) p_h(j)
     for every written row i != j, then keep the K_L largest non-zero entries of row j (ties to
     the lower i). Entries of row j at rows not written are not decayed; other rows of P_h do
     not change (the paper's O(K_L^2) rule).
@@ -350,7 +350,9 @@ def link_update_after(table, rows, weights, n, prec_rows, prec_vals):
     for c in range(entry_count(prec_rows)):
         j = prec_rows[c]
         pj = np.float64(prec_vals[c])
-        s = _take_slot(table, j)
+        s = _take_slot(table, j)  # taken (or found) for every row link_write journaled
+        if not pj > 0:  # only rows j with p_h(j) > 0 change (p can go negative when sum w^W > 1)
+            continue
         n_old = entry_count(table.cols[s, table.part])
         m = 0
         for a in range(n_old):
