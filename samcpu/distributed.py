@@ -51,6 +51,14 @@ class RankLost(DistributedError):
         self.ranks = tuple(ranks)
 
 
+class Stopped(RankLost):
+    """SIGTERM: under torchrun, the agent stopping every rank because one failed."""
+
+    def __init__(self):
+        super().__init__("stopped by SIGTERM (torchrun stops every rank when one fails: its report names "
+                         "the rank)")
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the ranks (``torchrun``'s environment variables).
@@ -220,6 +228,8 @@ def lost_ranks(world, grace):
             if not missing or time.monotonic() > deadline:
                 return missing
             time.sleep(0.05)
+    except Stopped:
+        raise
     except (RuntimeError, ValueError, OSError):
         return None
 

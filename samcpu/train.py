@@ -409,16 +409,24 @@ def progress_bar(args, episode, disable=False):
 class _Interrupts:
     """SIGINT during training: the first asks the loop to stop after its episode; a later one
     raises ``KeyboardInterrupt`` at once, but never inside a ``deferred()`` block (an optimiser
-    step with its bookkeeping, a checkpoint write), which it lets finish."""
+    step with its bookkeeping, a checkpoint write), which it lets finish. SIGTERM (handled in
+    distributed runs: torchrun stops the other ranks so when one fails) raises
+    :class:`samcpu.distributed.Stopped` at once or at the end of the ``deferred()`` block."""
 
     def __init__(self):
         self.count = 0
+        self.terminated = False
         self._depth = 0
 
     def handler(self, signum, frame):
         self.count += 1
         if self.count > 1 and not self._depth:
             raise KeyboardInterrupt
+
+    def terminate(self, signum, frame):
+        self.terminated = True
+        if not self._depth:
+            raise distributed.Stopped()
 
     def hold(self):
         """From now on a SIGINT only counts (the run is ending: its checkpoint must be saved)."""
@@ -431,6 +439,8 @@ class _Interrupts:
             yield
         finally:
             self._depth -= 1
+        if self.terminated and not self._depth:
+            raise distributed.Stopped()
 
 
 def _rng_states(task, levels, curriculum):
@@ -632,6 +642,7 @@ def _run(args, ck, changed, ckpt_path, world=_ONE_RANK, threads_given=True):
     before = None  # the random streams before the episode under way (None: it committed)
     agreed_stop = False  # every rank's vote after the last episode (distributed)
     previous = signal.signal(signal.SIGINT, interrupts.handler)
+    previous_term = signal.signal(signal.SIGTERM, interrupts.terminate) if world.active else None
     try:
         new_file = main and not os.path.exists(csv_path)
         with open(csv_path, "a", newline="") if main else contextlib.nullcontext() as out:
@@ -712,6 +723,8 @@ def _run(args, ck, changed, ckpt_path, world=_ONE_RANK, threads_given=True):
               flush=True)
     finally:
         signal.signal(signal.SIGINT, previous)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     if hasattr(task, "evaluate") and not interrupts.count:
         evaluate(task, model, args, curriculum.current, episode)
     print(f"go on with:     samcpu train {' '.join(_argv_of(args))} --resume  "

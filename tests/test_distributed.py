@@ -214,6 +214,14 @@ def test_the_readme_torchrun_lines_use_existing_options():
 
 # ------------------------------------------------------------------ failures
 
+def wait_for(path, procs):
+    deadline = time.monotonic() + LIMIT
+    while not path.exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            [p.communicate() for p in procs if p.poll() is not None]
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("victim", [1, 0])
 def test_a_killed_rank_stops_the_other_naming_it_and_the_checkpoint_resumes(tmp_path, victim):
     out, port = tmp_path / "run", free_port()
@@ -221,11 +229,7 @@ def test_a_killed_rank_stops_the_other_naming_it_and_the_checkpoint_resumes(tmp_
             "--dist-timeout", "20", "--out", str(out)]  # a roll call of 2 s
     procs = [launch(args, r, 2, port) for r in range(2)]
     try:
-        deadline = time.monotonic() + LIMIT
-        while not (out / "checkpoint.pt").exists():
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-                [p.communicate() for p in procs if p.poll() is not None]
-            time.sleep(0.1)
+        wait_for(out / "checkpoint.pt", procs)
         procs[victim].send_signal(signal.SIGKILL)
         killed = time.monotonic()
         code, _, err = finish([procs[1 - victim]])[0]
@@ -238,17 +242,45 @@ def test_a_killed_rank_stops_the_other_naming_it_and_the_checkpoint_resumes(tmp_
     last = err.strip().splitlines()[-1]
     if victim == 1:  # rank 0 names the rank that did not answer and saves the last episode
         assert last.startswith("samcpu train: error: rank 0: rank 1 of 2 stopped answering"), err
-        assert f"the checkpoint holds episode {ck['episode']}: {out / 'checkpoint.pt'}" in last
+        assert f"the checkpoint holds episode {ck['episode']:,d}: {out / 'checkpoint.pt'}" in last
     else:  # rank 0 held the rendezvous store: it is gone with it
         assert last.startswith("samcpu train: error: rank 1: lost contact"), err
         assert "rank 0" in last and f"127.0.0.1:{port}" in last
-
     rows = csv_rows(out)
     assert int(rows[-1]["episode"]) >= ck["episode"]
     if victim == 1:  # it resumes (here in one process)
         steps = ck["episode"] + 2
         assert main(["train", "--resume", "--steps", str(steps), "--out", str(out), "--quiet"]) == 0
         assert [int(r["episode"]) for r in csv_rows(out)] == list(range(1, steps + 1))
+
+
+def test_under_torchrun_a_killed_rank_is_named_and_rank_0_saves(tmp_path):
+    """torchrun stops the survivor (SIGTERM) and names the failed rank; rank 0 saves the last
+    episode every rank committed before it goes."""
+    out = tmp_path / "run"
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "-m", "samcpu", "train", *RUN, "--steps", "100000", "--checkpoint-every", "3", "--out", str(out)]
+    agent = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(out / "checkpoint.pt", [agent])
+        pgrep = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True)
+        ranks = {}
+        for pid in pgrep.stdout.split():
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            ranks[int(env[b"RANK"])] = int(pid)
+        os.kill(ranks[1], signal.SIGKILL)
+        code, _, err = finish([agent])[0]
+    finally:
+        finish([agent])
+    assert code != 0
+    cause = err[err.index("Root Cause (first observed failure)"):]
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", cause) and "SIGKILL" in cause, err
+    line = next(x for x in err.splitlines() if x.startswith("samcpu train: error: rank 0: "))
+    ck = train.load_checkpoint(str(out / "checkpoint.pt"))
+    assert line.endswith(f"the checkpoint holds episode {ck['episode']:,d}: {out / 'checkpoint.pt'}"), line
+    assert int(csv_rows(out)[-1]["episode"]) == ck["episode"]  # rank 0 saved the last episode
 
 
 def distributed_env(monkeypatch, rank, port):
