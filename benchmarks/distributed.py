@@ -1,6 +1,6 @@
 """Data-parallel training on this 2-core machine, and on paper on P machines.
 
-    python benchmarks/distributed.py [--steps 300] [--repeats 2] [--slots 65536] [--batch 8]
+    python benchmarks/distributed.py [--steps 600] [--repeats 3] [--slots 1000000] [--batch 8]
         [--out benchmarks/results/distributed.json]
 
 1. Throughput: ``samcpu train --task copy --model sam`` with the paper's controller (hidden 100,
@@ -196,9 +196,9 @@ def projection(measured, batch):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=300, help="episodes per throughput run")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each layout, alternating")
-    p.add_argument("--slots", type=int, default=65536, help="memory rows N")
+    p.add_argument("--steps", type=int, default=600, help="episodes per throughput run")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each layout, alternating")
+    p.add_argument("--slots", type=int, default=1_000_000, help="memory rows N")
     p.add_argument("--batch", type=int, default=8, help="global batch")
     p.add_argument("--length", type=int, default=10, help="copy length of the all-reduce part's episodes")
     p.add_argument("--reps", type=int, default=20, help="timed steps per figure of the all-reduce part")
