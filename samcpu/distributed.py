@@ -131,8 +131,9 @@ def check_batch(batch, size):
     """The per-rank batch of a global ``batch`` over ``size`` ranks, or ``ValueError``."""
     if batch % size:
         lower, upper = batch - batch % size, batch + size - batch % size
+        near = f"{lower} or {upper}" if lower else f"{upper}"
         raise ValueError(f"--batch {batch} (the global batch) does not split over {size} ranks: give a "
-                         f"multiple of {size}, e.g. {lower or upper} or {upper}")
+                         f"multiple of {size}, e.g. {near}")
     return batch // size
 
 

@@ -360,6 +360,8 @@ def test_shards_are_the_global_batch_in_order():
     assert distributed.check_batch(8, 4) == 2
     with pytest.raises(ValueError, match="--batch 7 .* over 4 ranks: give a multiple of 4, e.g. 4 or 8"):
         distributed.check_batch(7, 4)
+    with pytest.raises(ValueError, match="--batch 1 .* over 2 ranks: give a multiple of 2, e.g. 2$"):
+        distributed.check_batch(1, 2)
 
 
 @pytest.mark.parametrize("kind", ["bits", "answers"])
