@@ -37,21 +37,21 @@ from .tasks import DATA_TASKS, Curriculum, DataError, bits_error, make_task, mas
 CSV_FIELDS = ["episode", "level", "max_level", "loss", "bits_error", "ms_per_step", "seconds"]
 
 #: the task parameter that --max-level sets (the task's hardest level)
-MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_items",
+MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_items", "follow": "max_items",
                    "omniglot": "max_characters"}
 
 #: the defaults of the arguments (None in the parser, so that a resumed run can tell the
 #: arguments given from those left out)
 DEFAULTS = dict(task="copy", model="sam", slots=1_000_000, batch=8, max_level=None, steps=10_000,
                 minutes=None, lr=3e-4, momentum=0.9, clip=10.0, hidden=100, word=32, heads=4, k=4,
-                index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0, threads=2, torch_threads=1,
-                checkpoint_every=200, data=None, anneal=0.5, anneal_floor=0.0625)
+                link_k=8, index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0, threads=2,
+                torch_threads=1, checkpoint_every=200, data=None, anneal=0.5, anneal_floor=0.0625)
 #: defaults that differ by task (their curriculum error is a share of answers, not bits; babi has
 #: one level, so its threshold only says when it counts as solved, which --anneal follows)
 TASK_DEFAULTS = {"babi": dict(threshold=0.05), "omniglot": dict(threshold=0.1)}
 
 #: arguments that define a run: a resumed run refuses other values than its checkpoint's
-RUN_ARGS = ("task", "model", "slots", "batch", "max_level", "hidden", "word", "heads", "k", "index",
+RUN_ARGS = ("task", "model", "slots", "batch", "max_level", "hidden", "word", "heads", "k", "link_k", "index",
             "curriculum", "patience", "seed", "momentum")
 #: arguments a resumed run may change (from its next episode on; recorded in the checkpoint)
 RESUMABLE_ARGS = ("steps", "lr", "clip", "threshold", "threads", "torch_threads", "checkpoint_every", "data",
@@ -90,13 +90,24 @@ def build(args, task, threads=None):
     threads, default ``args.threads``)."""
     torch.manual_seed(args.seed)
     common = dict(hidden_size=args.hidden, word_size=args.word, num_heads=args.heads)
-    if args.model == "sam":
+    if args.model in ("sam", "sdnc"):
         # --threads is the run's core budget: numba's threads and the index's alike (a
         # thread pool over the batch elements only costs when each run has one core)
         threads = args.threads if threads is None else threads
         options = dict(num_threads=threads) if args.index == "hnsw" else None
-        model = SAM(task.input_size, task.output_size, num_slots=args.slots, k=args.k,
-                    index=args.index, index_options=options, **common)
+        sparse = dict(num_slots=args.slots, k=args.k, index=args.index, index_options=options, **common)
+        if args.model == "sam":
+            model = SAM(task.input_size, task.output_size, **sparse)
+        else:
+            from .sdnc import SDNC
+
+            link_k = _effective("link_k", getattr(args, "link_k", None))
+            model = SDNC(task.input_size, task.output_size, link_k=link_k, **sparse)
+    elif args.model == "dnc":
+        from .dnc import DNC
+
+        model = DNC(task.input_size, task.output_size, hidden_size=args.hidden, num_slots=args.slots,
+                    word_size=args.word, num_read_heads=args.heads)
     else:
         model = DAM(task.input_size, task.output_size, num_slots=args.slots, **common)
     opt = torch.optim.RMSprop(model.parameters(), lr=args.lr, momentum=args.momentum, eps=1e-10)
@@ -292,7 +303,7 @@ def _check_saved(saved, path):
 def _check_combination(args):
     if args.data is not None and args.task not in DATA_TASKS:
         raise ValueError(f"--data is for --task {' or '.join(sorted(DATA_TASKS))}, not {args.task}")
-    if args.model == "sam":
+    if args.model in ("sam", "sdnc"):
         for key in ("k", "heads"):
             if getattr(args, key) > args.slots:
                 raise ValueError(f"--{key} is {getattr(args, key)} but must be <= --slots ({args.slots:,d})")
@@ -854,14 +865,16 @@ def _with_default(key, text=""):
 def add_arguments(p):
     positive = positive_int_arg
     positive_float = _float_arg(0)
-    p.add_argument("--task", choices=["copy", "recall", "sort", *DATA_TASKS],
+    p.add_argument("--task", choices=["copy", "recall", "sort", "follow", *DATA_TASKS],
                    help=_with_default("task", "babi and omniglot read --data"))
-    p.add_argument("--model", choices=["sam", "dam"], help=_with_default("model"))
+    p.add_argument("--model", choices=["sam", "dam", "sdnc", "dnc"],
+                   help=_with_default("model", "sam and sdnc: sparse (--k, --index; sdnc --link-k); "
+                                      "dam and dnc: dense, give them few --slots, e.g. 64"))
     p.add_argument("--slots", type=_int_arg(1, MAX_SLOTS), help=_with_default("slots", "memory rows N"))
     p.add_argument("--batch", type=positive, help=_with_default("batch"))
     p.add_argument("--max-level", type=positive,
                    help="the task's hardest level: copy length (20), recall items (6), sort keys (20), "
-                        "omniglot characters (100)")
+                        "follow items (16), omniglot characters (100)")
     p.add_argument("--data", help="babi: the folder of qa{N}_*_{train,test}.txt (tasks_1-20_v1-2/en-10k); "
                                   "omniglot: the folder holding images_background and images_evaluation")
     p.add_argument("--steps", type=positive, help=_with_default("steps", "episodes (optimiser steps)"))
@@ -882,8 +895,11 @@ def add_arguments(p):
     p.add_argument("--hidden", type=positive, help=_with_default("hidden", "LSTM units"))
     p.add_argument("--word", type=positive, help=_with_default("word", "word size W"))
     p.add_argument("--heads", type=positive, help=_with_default("heads", "read/write heads"))
-    p.add_argument("--k", type=positive, help=_with_default("k", "rows read per head (SAM)"))
-    p.add_argument("--index", choices=["hnsw", "exact"], help=_with_default("index", "SAM's index"))
+    p.add_argument("--k", type=positive, help=_with_default("k", "rows read per head (SAM, SDNC)"))
+    p.add_argument("--link-k", type=positive,
+                   help=_with_default("link_k", "link entries kept per row and in the precedence (SDNC)"))
+    p.add_argument("--index", choices=["hnsw", "exact"],
+                   help=_with_default("index", "SAM's and the SDNC's index"))
     p.add_argument("--curriculum", action=argparse.BooleanOptionalAction, help=_with_default("curriculum"))
     p.add_argument("--threshold", type=_float_arg(0, low_open=False),
                    help=_with_default("threshold", "curriculum: bits error per sequence; omniglot: share of "
