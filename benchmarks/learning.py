@@ -1,9 +1,12 @@
 """Learning curves as in the paper's Figure 2: SAM (1M slots) against DAM (64 slots) on copy,
-associative recall and priority sort, several seeds, the same hyper-parameters.
+associative recall and priority sort, several seeds, the same hyper-parameters; and the same
+for the Sparse DNC (1M slots) against SAM and the DNC (64 slots), with the follow task:
 
     python benchmarks/learning.py [--tasks copy recall sort] [--minutes 12 4 4] [--seeds 0 1 2]
-                                  [--jobs 2] [--lr 3e-4] [--eval-batches 50] [--resume]
-                                  [--runs-dir runs/learning] [--out-dir benchmarks/results]
+                                  [--models sam dam] [--jobs 2] [--lr 3e-4] [--eval-batches 50]
+                                  [--resume] [--runs-dir runs/learning] [--out-dir benchmarks/results]
+                                  [--name learning]
+    python benchmarks/learning.py --models sdnc sam dnc --tasks follow copy recall --name learning_sdnc
 
 What is run
   For every task, model and seed: ``samcpu train --task T --model M --slots N --lr LR --seed S
@@ -18,7 +21,8 @@ What is reported
   3-6 items, sort 20 keys), the mean over --eval-batches batches of 8 drawn with a seed the run
   never saw (10,000 + seed), with its standard error. Curves: ``learning_<task>.png`` (bits error
   per sequence against episodes, mean over a sliding window, one line per run) and
-  ``learning.json``.
+  ``learning.json`` (``--name``). SDNC runs are also evaluated with every head reading by
+  content alone (read modes forced to (0, 1, 0)): the read-mode ablation.
 """
 import argparse
 import csv
@@ -35,7 +39,7 @@ import torch
 
 from common import HERE, machine_info, write_json
 
-SLOTS = {"sam": 1_000_000, "dam": 64}
+SLOTS = {"sam": 1_000_000, "dam": 64, "sdnc": 1_000_000, "dnc": 64}
 FLOOR = 1e-3  # log-scale plots show smaller means at this floor
 ROOT = os.path.dirname(HERE)
 
@@ -65,11 +69,12 @@ def train(args, task, model, seed, minutes, out=None, extra=()):
     return dict(task=task, model=model, seed=seed, returncode=p.returncode, wall_s=wall, out=out)
 
 
-def evaluate(out, batches, level=None, zero_reads=False):
+def evaluate(out, batches, level=None, zero_reads=False, content_only=False):
     """Bits error per sequence of the checkpoint in ``out`` on fresh data at ``level`` (None:
     the task's full difficulty, as its training draws it without a curriculum). ``zero_reads``:
     an ablation, the network gets zeros instead of what it read from the memory (in the
-    controller's input and in the output layer's)."""
+    controller's input and in the output layer's). ``content_only``: the SDNC's read-mode
+    ablation, every head reads by content alone (modes (0, 1, 0)), as SAM does."""
     from samcpu.tasks import bits_error
     from samcpu.train import build, task_of
     ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
@@ -79,6 +84,9 @@ def evaluate(out, batches, level=None, zero_reads=False):
     model.load_state_dict(ck["model"])
     if zero_reads:  # the memory is still read and written; the network sees zeros instead
         model.reads_hook = torch.zeros_like
+    if content_only:
+        from samcpu.sdnc import content_only as only
+        model.modes_hook = only
     errs, steps = [], 0
     with torch.no_grad():
         for _ in range(batches):
@@ -112,7 +120,7 @@ def plot(task, runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours = {"sam": "tab:blue", "dam": "tab:orange"}
+    colours = {"sam": "tab:blue", "dam": "tab:orange", "sdnc": "tab:green", "dnc": "tab:red"}
     styles = ["-", "--", ":", "-."]
     for r in runs:
         ep, err, _ = read_curve(r["out"])
@@ -125,7 +133,8 @@ def plot(task, runs, path):
     ax.set_ylim(FLOOR / 2, None)
     ax.set_xlabel("episode (batch of 8 sequences)")
     ax.set_ylabel(f"bits error per sequence (training, sliding mean; floor {FLOOR:g})")
-    ax.set_title(f"{task}: SAM vs DAM, curriculum (levels drawn up to the current maximum)")
+    models = " vs ".join(dict.fromkeys(r["model"].upper() for r in runs))
+    ax.set_title(f"{task}: {models}, curriculum (levels drawn up to the current maximum)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -146,6 +155,8 @@ def main():
     p.add_argument("--eval-only", action="store_true", help="evaluate and plot existing runs")
     p.add_argument("--runs-dir", default=os.path.join(ROOT, "runs", "learning"))
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    p.add_argument("--name", default="learning",
+                   help="the JSON (NAME.json) and plots (NAME_TASK.png); e.g. learning_sdnc for the SDNC's")
     args = p.parse_args()
     if len(args.minutes) == 1:
         args.minutes = args.minutes * len(args.tasks)
@@ -171,6 +182,10 @@ def main():
             results.append({**r, "status": "failed"})
             continue
         r.update(evaluate(r["out"], args.eval_batches), status="ok")
+        if r["model"] == "sdnc":  # the read-mode ablation: does the trained SDNC use its links?
+            ablated = evaluate(r["out"], args.eval_batches, content_only=True)
+            r.update(eval_bits_error_content_only=ablated["eval_bits_error"],
+                     eval_bits_error_content_only_se=ablated["eval_bits_error_se"])
         _, _, secs = read_curve(r["out"])
         r["train_minutes"] = float(secs[-1] / 60) if len(secs) else 0.0
         results.append(r)
@@ -180,12 +195,12 @@ def main():
     for task in args.tasks:
         runs = [r for r in results if r["task"] == task and r["status"] == "ok"]
         if runs:
-            png = os.path.join(args.out_dir, f"learning_{task}.png")
+            png = os.path.join(args.out_dir, f"{args.name}_{task}.png")
             plot(task, runs, png)
             print(f"wrote {png}")
     out = dict(machine=machine_info(1), args=vars(args), wall_minutes=(time.time() - started) / 60,
                slots=SLOTS, runs=results)
-    path = os.path.join(args.out_dir, "learning.json")
+    path = os.path.join(args.out_dir, f"{args.name}.json")
     write_json(path, out)
     print(f"wrote {path}")
 
