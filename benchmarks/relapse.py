@@ -265,14 +265,16 @@ def plot(runs, path, title):
             axes[0].axvspan(res["solved_minutes"], res["solved_minutes"] + res["after_minutes"],
                             color=colour, alpha=0.07)
         axes[1].step(mins, [int(r["max_level"]) for r in rows], color=colour, where="post")
-        g = np.array([float(r["grad_norm"]) for r in rows])
-        axes[2].plot(mins, sliding_mean(g, 100), color=colour, lw=1)
-        v = np.array([float(r["v_rms"]) for r in rows])
-        axes[2].plot(mins, v, color=colour, lw=0.8, ls=":")
+        if "grad_norm" in rows[0]:  # this script's training loop (samcpu train's CSV has none)
+            g = np.array([float(r["grad_norm"]) for r in rows])
+            axes[2].plot(mins, sliding_mean(g, 100), color=colour, lw=1)
+            v = np.array([float(r["v_rms"]) for r in rows])
+            axes[2].plot(mins, v, color=colour, lw=0.8, ls=":")
         if "lr" in rows[0]:
             axes[3].plot(mins, [float(r["lr"]) for r in rows], color=colour)
-        axes[3].plot(mins, sliding_mean(np.array([float(r["update_norm"]) for r in rows]), 100), color=colour,
-                     lw=0.8, ls=":")
+        if "update_norm" in rows[0]:
+            axes[3].plot(mins, sliding_mean(np.array([float(r["update_norm"]) for r in rows]), 100),
+                         color=colour, lw=0.8, ls=":")
     axes[0].axhline(SOLVED, color="k", lw=0.5, ls="--")
     axes[0].axhline(RELAPSE, color="r", lw=0.5, ls="--")
     axes[0].set_yscale("log")
