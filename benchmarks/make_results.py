@@ -1078,6 +1078,12 @@ def head_dam(key):
     return make
 
 
+def _span(values):
+    """``lo-hi`` of numbers shown without decimals, or one number when they show alike."""
+    lo, hi = num(min(values), 0), num(max(values), 0)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def head_copy(learning):
     copy = sorted((r for _, r in learning.rows("runs") if r.get("task") == "copy" and r.get("model") == "sam"
                    and isinstance(r.get("eval_bits_error"), int | float)), key=lambda r: order(r.get("seed")))
@@ -1086,8 +1092,7 @@ def head_copy(learning):
     return (_numbers(copy, "eval_bits_error", 3),
             "seeds " + " / ".join(num(r.get("seed"), 0) for r in copy)
             + f"; N = {num(learning.get('slots', 'sam', note=False), 0)}, fresh data at full difficulty, "
-            + (f"{num(min(minutes), 0)}-{num(max(minutes), 0)} minutes of training on one core each; "
-               if minutes else "")
+            + (_span(minutes) + " minutes of training on one core each; " if minutes else "")
             + ("solved: every seed < 0.1" if solved else "not solved in every seed (target < 0.1)"))
 
 
