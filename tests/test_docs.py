@@ -205,7 +205,7 @@ def test_long_episode_new_layout_and_missing_labels(tmp_path):
     path = tmp_path / "results" / "long_episode.json"
     path.write_text(json.dumps({"train": {"after": {"rows": [row], "batch": 8, "slots": 1000000}}}))
     text = make_results.results_md(str(tmp_path / "results"))
-    assert ("| after (this tree's index) | trained | quiet | 40 / 4,104 | 5.50 | 7.25 | 1.32 | 1.25 "
+    assert ("| after (the two-tier index) | trained | quiet | 40 / 4,104 | 5.50 | 7.25 | 1.32 | 1.25 "
             "| 3.0 -> 4.0 |") in text
     assert "Not measured yet (no `train.before` in the JSON)" in text
     path.write_text(json.dumps({"train": {"before": {"rows": [row]}, "after": {"rows": [row]}},
