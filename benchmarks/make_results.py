@@ -851,6 +851,65 @@ def generic_section(src):
     return out
 
 
+def distributed_section(src):
+    """benchmarks/distributed.py: throughput of the two layouts, the all-reduce against the
+    step, and the projection (computed, not measured)."""
+    out = []
+    tp = src.get("throughput")
+    tp = tp if isinstance(tp, dict) else {}
+    runs = [r for r in (tp.get("runs") or []) if isinstance(r, dict)]
+    if runs:
+        out += table(["layout", "episodes per second", "seconds timed", "episodes timed",
+                      "loss (mean of the last 50)", "load average before -> after"],
+                     [[f"{num(r.get('ranks'), 0)} process(es) x {num(r.get('threads_per_rank'), 0)} "
+                       "thread(s)", num(r.get("episodes_per_s")), num(r.get("seconds")),
+                       num(r.get("episodes_timed"), 0), num(r.get("final_loss_mean_last50")),
+                       _loads(r.get("load_before"), r.get("load_after"))] for r in runs], "lrrrrl")
+        med = tp.get("median_episodes_per_s") if isinstance(tp.get("median_episodes_per_s"), dict) else {}
+        one, two = med.get("1x2"), med.get("2x1")
+        if isinstance(one, int | float) and isinstance(two, int | float):
+            out.append(f"Medians: 1 process x 2 threads {num(one)}, torchrun 2 ranks x 1 thread {num(two)} "
+                       f"episodes per second ({num(two / one)}x); {tp.get('note', '')}.")
+            out.append("")
+    ar = src.get("allreduce")
+    if isinstance(ar, dict):
+        by = ar.get("local_step_ms_by_sequences")
+        by = by if isinstance(by, dict) else {}
+        out.append(f"Gradient all-reduce (gloo, {num(ar.get('ranks'), 0)} ranks, {num(ar.get('params'), 0)} "
+                   f"values): {num(ar.get('allreduce_ms'))} ms, against a DDP step of "
+                   f"{num(ar.get('ddp_step_ms'))} ms "
+                   f"({num(100 * ar['allreduce_share_of_ddp_step'], 1)}% of it) "
+                   f"and a step without DDP of {num(ar.get('local_step_ms'))} ms at "
+                   f"{num(ar.get('sequences_per_rank'), 0)} sequences per rank"
+                   if isinstance(ar.get("allreduce_share_of_ddp_step"), int | float) else
+                   f"Gradient all-reduce: {num(ar.get('allreduce_ms'))} ms")
+        if by:
+            out[-1] += "; the step without DDP at " + ", ".join(
+                f"{k} sequence(s) {num(v)} ms" for k, v in by.items()) + "."
+        out.append("")
+    proj = src.get("projection")
+    if isinstance(proj, dict) and isinstance(proj.get("rows"), list):
+        rows = [r for r in proj["rows"] if isinstance(r, dict)]
+        def part(r, key, field, digits):
+            return num((r.get(key) if isinstance(r.get(key), dict) else {}).get(field), digits)
+
+        out += table(["network", "ranks", "all-reduce ms", "fixed batch: sequences per rank",
+                      "fixed batch: sequences/s", "growing batch: global batch",
+                      "growing batch: sequences/s"],
+                     [[str(r.get("network")), num(r.get("ranks"), 0), num(r.get("allreduce_ms")),
+                       part(r, "fixed_batch", "sequences_per_rank", 0),
+                       part(r, "fixed_batch", "sequences_per_s", 1),
+                       part(r, "growing_batch", "global_batch", 0),
+                       part(r, "growing_batch", "sequences_per_s", 1)] for r in rows], "lrrrrrr")
+        out.append(f"Projection, {proj.get('note', 'computed, not measured')}.")
+        out.append("")
+    loads = _loads(src.get("load_start", note=False), src.get("load_end", note=False))
+    out.append(f"Load average at the start -> at the end: {loads}. How it works and fails: "
+               "[distributed.md](distributed.md).")
+    out.append("")
+    return out
+
+
 def soak_section(src):
     out = []
     wins = src.rows("windows")
@@ -894,6 +953,8 @@ SECTIONS = [
     ("long_episode.json", "Step time along one long episode", long_episode_section,
      f"{PY} benchmarks/long_episode.py"),
     ("soak.json", "Soak: SparseMemory over many steps", soak_section, None),
+    ("distributed.json", "Training on more than one process (torchrun)", distributed_section,
+     f"{PY} benchmarks/distributed.py --repeats 4"),
 ]
 
 # Folders and files whose JSON may appear (other helpers' runs): a title and a line said first.

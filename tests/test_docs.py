@@ -358,7 +358,7 @@ def test_readme_command_lines_use_existing_options():
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/results.md", "docs/backward.md", "docs/hnsw.md",
-                                 "benchmarks/results/NOTES.md"])
+                                 "docs/sdnc.md", "docs/distributed.md", "benchmarks/results/NOTES.md"])
 def test_relative_links_resolve(doc):
     text = read(doc)
     base = os.path.dirname(os.path.join(ROOT, doc))
