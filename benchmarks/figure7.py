@@ -92,6 +92,9 @@ def main():
     p.add_argument("--profile", type=bench.positive_int, metavar="N",
                    help="after the run, profile the SDNC and SAM at this N (e.g. 1e6)")
     args = p.parse_args()
+    import numba
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))  # as in the workers
     machine = machine_info(args.threads)
     import torch
 

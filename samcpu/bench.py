@@ -379,23 +379,27 @@ def _figure7_memory(kind, n, args):
     return r
 
 
-def _figure7_time(kind, n, args, r, rnd):
-    """One timing worker of round ``rnd`` for (model, N); adds its sequences to ``r`` and updates
-    the medians there. Returns the worker's wall seconds per sequence (None if it failed)."""
-    r.setdefault("time_loadavg", []).append(os.getloadavg()[0])
+def _figure7_time(kind, n, args, r, seqs, rnd):
+    """One timing worker of round ``rnd`` for (model, N): its sequences go into ``seqs`` (wall and
+    CPU seconds of all rounds, kept out of the JSON), its statistics into ``r["rounds"]``, and the
+    medians over all rounds into ``r``. Returns the worker's wall seconds (None if it failed)."""
+    load = os.getloadavg()[0]
     t = _worker("time-seqs", (kind, n, args.batch, args.steps, args.repeats, args.min_ms, args.budget,
                               args.threads), args.timeout, args.threads, _json)
     if t is None:
         r["time_failed"] = True
         return None
-    r.setdefault("wall_s", []).extend(t["wall_s"])
-    r.setdefault("cpu_s", []).extend(t["cpu_s"])
-    r.setdefault("round_ms_per_step", []).append(_median_ms(t["wall_s"], args.steps))
-    r.setdefault("warmup_s", []).append(t["warmup_s"])
-    r.update(ms_per_step=_median_ms(r["wall_s"], args.steps), sequences=len(r["wall_s"]),
-             cpu_ms_per_step=_median_ms(r["cpu_s"], args.steps))
-    print(f"  time   {kind.upper():4s} N={n:>10,} round {rnd + 1}: {r['round_ms_per_step'][-1]:,.2f} "
-          f"ms per step ({len(t['wall_s'])} sequences)", flush=True)
+    seqs[0].extend(t["wall_s"])
+    seqs[1].extend(t["cpu_s"])
+    per_step = 1e3 * np.asarray(t["wall_s"]) / args.steps
+    r.setdefault("rounds", []).append(dict(
+        ms_per_step=float(np.median(per_step)), cpu_ms_per_step=_median_ms(t["cpu_s"], args.steps),
+        min_ms_per_step=float(per_step.min()), p90_ms_per_step=float(np.percentile(per_step, 90)),
+        sequences=len(per_step), warmup_s=t["warmup_s"], loadavg=load))
+    r.update(ms_per_step=_median_ms(seqs[0], args.steps), cpu_ms_per_step=_median_ms(seqs[1], args.steps),
+             sequences=len(seqs[0]))
+    print(f"  time   {kind.upper():4s} N={n:>10,} round {rnd + 1}: {r['rounds'][-1]['ms_per_step']:,.2f} "
+          f"ms per step ({len(per_step)} sequences)", flush=True)
     return t["wall_s"]
 
 
@@ -407,7 +411,8 @@ def figure7(args, machine=None, command=None, extra=None):
     (B=1, T = --memory-steps, initialisation included). Time: --rounds rounds over all N, the
     models interleaved per N (their order rotated each round), each a fresh worker,
     :func:`sequence_times` (B = --batch, T = --steps); a model's time at N is the median over
-    all its timed sequences of all rounds, divided by T. The DNC runs while N <= --dnc-max (time)
+    all its timed sequences of all rounds, divided by T (each round's median, minimum, 90th
+    percentile, count and load average are in ``rounds``). The DNC runs while N <= --dnc-max (time)
     and --dnc-memory-max (memory), while its estimated memory fits --memory-limit and its
     predicted sequence time --budget. ``machine`` and ``command`` go into the JSON (default: a
     brief description and the `samcpu bench` command line), and so do the items of ``extra``.
@@ -432,6 +437,7 @@ def figure7(args, machine=None, command=None, extra=None):
           f"(initialisation included); {args.threads} torch, numba and index thread(s) per worker; "
           f"load average {res['loadavg_start'][0]:.2f}", flush=True)
     last_dnc = None  # (N, seconds per sequence) of the largest N the DNC was timed at
+    raw = {}  # (model, N): wall and CPU seconds of every timed sequence, all rounds
     for n in slots:  # memory first: each (N, model) in a fresh worker, interleaved per N
         row = dict(n=n)
         rows.append(row)
@@ -451,7 +457,7 @@ def figure7(args, machine=None, command=None, extra=None):
                         r["time_skipped"] = why
                         print(f"  time   DNC  N={row['n']:>10,}: skipped, {why}", flush=True)
                         continue
-                seqs = _figure7_time(kind, row["n"], args, r, rnd)
+                seqs = _figure7_time(kind, row["n"], args, r, raw.setdefault((kind, row["n"]), ([], [])), rnd)
                 if kind == "dnc" and rnd == 0 and seqs:
                     last_dnc = (row["n"], float(np.median(seqs)))
     res["loadavg_end"] = os.getloadavg()

@@ -58,7 +58,8 @@ def test_figure7_with_real_workers_writes_json_and_png(tmp_path):
     row = res["rows"][0]
     for kind in ("sdnc", "dnc"):
         r = row[kind]
-        assert r["sequences"] == len(r["wall_s"]) == 2 and r["ms_per_step"] > 0
+        assert r["sequences"] == r["rounds"][0]["sequences"] == 2 and len(r["rounds"]) == 1
+        assert r["ms_per_step"] == pytest.approx(r["rounds"][0]["ms_per_step"]) and r["ms_per_step"] > 0
         assert r["mem_peak_mib"] >= r["mem_baseline_mib"] > 0
         assert r["mem_extra_mib"] == pytest.approx(r["mem_peak_mib"] - r["mem_baseline_mib"])
     ratio = res["derived"]["per_n"][0]["dnc_over_sdnc_time"]
@@ -88,7 +89,8 @@ def test_figure7_rounds_skips_failures_and_ratios(tmp_path, monkeypatch, capsys)
     assert timed.count(("sam", 1024)) == 1 and rows[1024]["sam"]["time_failed"]
     assert "ms_per_step" not in rows[1024]["sam"] and "sdnc_over_sam_time" not in res["derived"]["per_n"][0]
     # the median of all rounds' sequences ([s, 2s, s] each), per step (T=10)
-    assert rows[2048]["sdnc"]["sequences"] == 9
+    assert rows[2048]["sdnc"]["sequences"] == 9 and len(rows[2048]["sdnc"]["rounds"]) == 3
+    assert rows[2048]["sdnc"]["rounds"][0]["p90_ms_per_step"] > rows[2048]["sdnc"]["rounds"][0]["ms_per_step"]
     assert rows[2048]["sdnc"]["ms_per_step"] == pytest.approx(1e3 * SECONDS["sdnc"] / 10)
     at = res["derived"]["at_2048"]
     assert at["dnc_over_sdnc_time"] == pytest.approx(1e-7 * 2048**2 / SECONDS["sdnc"])
