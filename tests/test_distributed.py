@@ -12,6 +12,7 @@ import csv
 import io
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,16 +173,28 @@ def test_the_readme_two_machine_launch_trains_as_one_process_and_resumes_on_one(
     metrics and weights as one process with the whole batch; the checkpoint resumes in one."""
     lines = readme_torchrun_lines(2)
     assert len(lines) == 2 and "--node-rank 0" in lines[0] and "--node-rank 1" in lines[1]
-    port, two, one = free_port(), tmp_path / "two", tmp_path / "one"
-    procs = []
-    for line in lines:
-        words = re.sub(r"--master-port \d+", f"--master-port {port}", line).split()
-        words[0] = TORCHRUN
-        procs.append(subprocess.Popen([*words, *RUN, "--steps", "6", "--out", str(two)], cwd=tmp_path,
-                                      env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+    two, one = tmp_path / "two", tmp_path / "one"
+
+    def launch():
+        port, procs = free_port(), []
+        for line in lines:
+            words = re.sub(r"--master-port \d+", f"--master-port {port}", line).split()
+            words[0] = TORCHRUN
+            procs.append(subprocess.Popen([*words, *RUN, "--steps", "6", "--out", str(two)], cwd=tmp_path,
+                                          env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        return procs
+
+    procs = launch()
     assert main(["train", *RUN, "--steps", "6", "--out", str(one)]) == 0  # meanwhile, one process
     results = finish(procs)
+    if any(code != 0 for code, _, _ in results):
+        # once in about a dozen runs on a loaded machine the launch failed for a reason not
+        # captured (a port taken between free_port() and the rendezvous?): one fresh attempt,
+        # with the failure shown, before the assertion
+        print("first launch failed:", *(err[-2000:] for _, _, err in results), sep="\n")
+        shutil.rmtree(two, ignore_errors=True)
+        results = finish(launch())
     for code, _, err in results:
         assert code == 0, err
     assert "6 episodes" in results[0][1] and "episodes" not in results[1][1]  # rank 0 alone reports
