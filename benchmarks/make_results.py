@@ -851,6 +851,58 @@ def generic_section(src):
     return out
 
 
+def figure7_section(src):
+    st = src.get("settings") or {}
+    models = [m for m in st.get("models", ["sdnc", "dnc", "sam"]) if isinstance(m, str)]
+    d = src.get("derived") or {}
+    per_n = {p.get("n"): p for p in d.get("per_n", []) if isinstance(p, dict)}
+    src.used.update({"paper_2048", "elapsed_s", "other_benchmarks_start", "other_benchmarks_end", "profile"})
+    rows = []
+    for _, r in src.rows("rows"):
+        p = per_n.get(r.get("n"), {})
+        cells = [num(r.get("n"), 0)]
+        for key, digits in (("ms_per_step", 2), ("cpu_ms_per_step", 2), ("mem_extra_mib", 1)):
+            cells += [num(r[m][key], digits) if isinstance(r.get(m), dict) and key in r[m] else "-"
+                      for m in models]
+        cells += [num(p[k], 0 if p[k] >= 10 else 2, "x") if k in p else "-"
+                  for k in ("dnc_over_sdnc_time", "dnc_over_sdnc_memory", "sdnc_over_sam_time")]
+        rows.append(cells)
+    up = [m.upper() for m in models]
+    out = table(["N"] + [f"{m} wall ms/step" for m in up] + [f"{m} CPU ms/step" for m in up]
+                + [f"{m} MiB" for m in up] + ["DNC/SDNC time", "DNC/SDNC memory", "SDNC/SAM time"], rows)
+    out.append("Time: one forward + backward step (with the RMSprop step), B={}, T={}, median of all timed "
+               "sequences of {} rounds of fresh worker processes (models interleaved per N); memory: "
+               "peak RSS growth from before building the model (initialisation included) through one "
+               "training sequence, B=1, T={}, one fresh worker each. LSTM {}, W={}, {} heads, K={}, "
+               "K_L={}; the DNC: samcpu.DNC (vectorised torch), {} read heads, 1 write head. {} torch, "
+               "numba and index thread(s) per worker.".format(*(st.get(k, "n/a") for k in (
+                   "batch", "steps", "rounds", "memory_steps", "hidden", "word_size", "heads", "k", "link_k",
+                   "dnc_read_heads", "threads"))))
+    out.append("")
+    at = d.get("at_2048")
+    if isinstance(at, dict) and "dnc_over_sdnc_time" in at:
+        out.append(f"At N=2,048 the SDNC is {num(at['dnc_over_sdnc_time'], 0)}x faster than the DNC "
+                   f"({num(at.get('dnc_over_sdnc_cpu'), 0)}x in CPU time) and uses "
+                   f"{num(at.get('dnc_over_sdnc_memory'), 0)}x less memory (whole-process peak RSS: "
+                   f"{num(at.get('dnc_over_sdnc_peak_rss'), 1)}x); the paper: 440x and 240x.")
+    f = d.get("sdnc_flatness")
+    if isinstance(f, dict):
+        out.append(f"SDNC t(N={num(f.get('n_hi'), 0)})/t(N=10,000): {num(f.get('ratio'), 3)} "
+                   "(target <= 1.2).")
+    if "sdnc_over_sam_time_max" in d:
+        out.append(f"SDNC / SAM time per step: median {num(d['sdnc_over_sam_time_median'], 2)}, "
+                   f"max {num(d['sdnc_over_sam_time_max'], 2)} over N (target <= 2).")
+    skipped = sorted({str(r["dnc"][k]) for _, r in src.rows("rows") if isinstance(r.get("dnc"), dict)
+                      for k in ("time_skipped", "memory_skipped") if k in r["dnc"]})
+    if skipped:
+        out.append("DNC not run: " + "; ".join(skipped) + ".")
+    out.append("")
+    png = os.path.join(os.path.dirname(src.path), "figure7.png")
+    if os.path.exists(png):
+        out += ["![figure7](../benchmarks/results/figure7.png)", ""]
+    return out
+
+
 def distributed_section(src):
     """benchmarks/distributed.py: throughput of the two layouts, the all-reduce against the
     step, and the projection (computed, not measured)."""
@@ -944,6 +996,8 @@ SECTIONS = [
      f"{PY} benchmarks/memory.py; then {PY} benchmarks/memory.py --long"),
     ("scaling/scaling.json", "Figure 1: time and memory against N", scaling_section,
      f"{PY} -m samcpu bench scaling --dam-max 1e5 --out benchmarks/results/scaling"),
+    ("figure7.json", "Figure 7: the SDNC against the DNC", figure7_section,
+     f"{PY} benchmarks/figure7.py --profile 1e6"),
     ("kernels.json", "Kernel timings", kernels_section, f"{PY} benchmarks/kernels.py"),
     ("index.json", "The HNSW index", index_section, f"{PY} benchmarks/index.py"),
     ("learning.json", "Learning: the paper's Figure 2", learning_section,
