@@ -14,8 +14,10 @@ What is run
   --recall-pool adds), else a fresh N(0, 1)^W (a query for nothing stored).
 
 What is measured
-  - step time: each mem.step call, wall clock (time.perf_counter_ns), input generation not
-    included; per window of --window steps: median, p99 and mean (us).
+  - step time: each mem.step call, wall clock (time.perf_counter_ns) and CPU time of the
+    process (time.process_time_ns, all threads: what the step costs even when other processes
+    share the machine), input generation not included; per window of --window steps: median,
+    p99 and mean (us), and the 1-minute load average at the window's end.
   - RSS (samcpu._util.rss_bytes) at the end of every window.
   - recall@K: every --sample-every steps, the K rows the step read (StepResult.rows) against
     the exact top-K of the same query over every row of the memory after that step (the
@@ -26,8 +28,9 @@ What is measured
     replaces the last, all or nothing), SparseMemory.load of it, and the loaded memory
     compared with the live one: memory contents, usage, LRA rows, written rows, position and
     the index's live and deleted labels, all equal. Times of both, bytes on disk.
-  Written to --out (default benchmarks/results/soak.json) with the command and the machine;
-  a table is printed. The run stops with an error if a loaded memory differs from the live one.
+  Written to --out (default benchmarks/results/soak.json) with the command and the machine
+  after every window (``complete`` false until the last step, so a run cut short still leaves
+  its windows); a table is printed. The run stops with an error if a loaded memory differs from the live one.
 """
 import argparse
 import os
@@ -95,11 +98,12 @@ def main(argv=None):
     pooled = 0
     folder = tempfile.mkdtemp(prefix="samcpu-soak-")
     windows, saves = [], []
-    times, recalls = [], []
+    times, cpu_times, recalls = [], [], []
     started = time.perf_counter()
     print(f"soak: N={args.slots:,d} B={B} W={W} H={H} K={K} hnsw, {args.steps:,d} steps, save/load every "
           f"{args.every:,d}", flush=True)
-    header = f"{'step':>9} {'median us':>10} {'p99 us':>9} {'mean us':>9} {'recall@K':>9} {'RSS MiB':>8}"
+    header = (f"{'step':>9} {'median us':>10} {'p99 us':>9} {'mean us':>9} {'cpu med':>8} {'cpu mean':>9} "
+              f"{'recall@K':>9} {'RSS MiB':>8} {'load':>5}")
     print(header, flush=True)
     try:
         for t in range(1, args.steps + 1):
@@ -114,9 +118,10 @@ def main(argv=None):
                 picks = pool[rng.integers(0, min(pooled, len(pool)), (B, H))]
                 noisy = picks + 0.1 * rng.standard_normal((B, H, W), dtype=np.float32)
                 query = np.where(recall_q[..., None], noisy, query)
-            t0 = time.perf_counter_ns()
+            c0, t0 = time.process_time_ns(), time.perf_counter_ns()
             res = mem.step(query, beta, add, alpha, gamma)
             times.append(time.perf_counter_ns() - t0)
+            cpu_times.append(time.process_time_ns() - c0)
             for h in range(H):
                 pool[pooled % len(pool)] = add[0, h]
                 pooled += 1
@@ -126,15 +131,20 @@ def main(argv=None):
                 recalls.append(float(np.mean(hits)))
             if t % args.window == 0 or t == args.steps:
                 us = np.asarray(times, np.float64) / 1e3
+                cpu = np.asarray(cpu_times, np.float64) / 1e3
                 win = dict(step=t, steps=len(times), median_us=float(np.median(us)),
                            p99_us=float(np.percentile(us, 99)), mean_us=float(us.mean()),
+                           cpu_median_us=float(np.median(cpu)), cpu_mean_us=float(cpu.mean()),
+                           load_avg=os.getloadavg()[0],
                            recall=float(np.mean(recalls)) if recalls else None, recall_samples=len(recalls),
                            rss_bytes=rss_bytes(), index=mem.index.stats())
                 windows.append(win)
                 rec = "n/a" if win["recall"] is None else f"{win['recall']:.3f}"
                 print(f"{t:>9,d} {win['median_us']:>10.0f} {win['p99_us']:>9.0f} {win['mean_us']:>9.0f} "
-                      f"{rec:>9} {win['rss_bytes'] / 2**20:>8.0f}", flush=True)
-                times, recalls = [], []
+                      f"{win['cpu_median_us']:>8.0f} {win['cpu_mean_us']:>9.0f} {rec:>9} "
+                      f"{win['rss_bytes'] / 2**20:>8.0f} {win['load_avg']:>5.1f}", flush=True)
+                times, cpu_times, recalls = [], [], []
+                write(args, argv, windows, saves, started, complete=False)
             if t % args.every == 0 or t == args.steps:
                 t0 = time.perf_counter()
                 mem.save(folder)
@@ -154,12 +164,29 @@ def main(argv=None):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
+    out = write(args, argv, windows, saves, started, complete=True)
+    summary = out["summary"]
+    print(f"\nsummary: median step {summary['median_us_first_window']:.0f} us (first window) -> "
+          f"{summary['median_us_last_window']:.0f} us (last), "
+          f"CPU {summary['cpu_median_us_first_window']:.0f} -> "
+          f"{summary['cpu_median_us_last_window']:.0f} us; RSS {summary['rss_mib_first_window']:.0f} -> "
+          f"{summary['rss_mib_last_window']:.0f} MiB; recall@{K} "
+          f"{summary['recall_first_window']} -> {summary['recall_last_window']}; "
+          f"{summary['saves']} save/load round trips, all equal: {summary['loads_equal']}; wrote {args.out}")
+    return out
+
+
+def write(args, argv, windows, saves, started, complete):
+    """The JSON of the windows and saves so far (``complete``: the run reached --steps)."""
     medians = [w["median_us"] for w in windows]
+    cpu = [w["cpu_median_us"] for w in windows]
     recall = [w["recall"] for w in windows if w["recall"] is not None]
     summary = dict(
-        steps=args.steps, wall_s=time.perf_counter() - started,
+        steps=windows[-1]["step"], complete=complete, wall_s=time.perf_counter() - started,
         median_us_first_window=medians[0], median_us_last_window=medians[-1],
-        median_us_max_window=max(medians), rss_mib_first_window=windows[0]["rss_bytes"] / 2**20,
+        median_us_max_window=max(medians), cpu_median_us_first_window=cpu[0],
+        cpu_median_us_last_window=cpu[-1],
+        cpu_median_us_max_window=max(cpu), rss_mib_first_window=windows[0]["rss_bytes"] / 2**20,
         rss_mib_last_window=windows[-1]["rss_bytes"] / 2**20,
         recall_first_window=recall[0] if recall else None, recall_last_window=recall[-1] if recall else None,
         recall_min_window=min(recall) if recall else None, loads_equal=all(s["equal"] for s in saves),
@@ -168,14 +195,9 @@ def main(argv=None):
     out = dict(benchmark="soak", command=command,
                config=dict(batch_size=B, num_slots=args.slots, word_size=W, num_heads=H, k=K, index="hnsw",
                            dtype="float32", seed=args.seed, every=args.every, sample_every=args.sample_every,
-                           window=args.window, recall_pool=args.recall_pool),
+                           window=args.window, recall_pool=args.recall_pool, steps=args.steps),
                machine=machine_info(None), summary=summary, windows=windows, saves=saves)
     write_json(args.out, out)
-    print(f"\nsummary: median step {summary['median_us_first_window']:.0f} us (first window) -> "
-          f"{summary['median_us_last_window']:.0f} us (last); RSS {summary['rss_mib_first_window']:.0f} -> "
-          f"{summary['rss_mib_last_window']:.0f} MiB; recall@{K} "
-          f"{summary['recall_first_window']} -> {summary['recall_last_window']}; "
-          f"{summary['saves']} save/load round trips, all equal: {summary['loads_equal']}; wrote {args.out}")
     return out
 
 
