@@ -18,6 +18,12 @@ Sections
            steps (as in cost), both on one thread; ratios of means, medians and CPU time.
   full     N=65,536 filled until every row is written and the LRA recycles; then the cost of
            --cost-steps more steps with the index holding every row.
+  scale    bare hnswlib alone (no samcpu): recall@4 against graph size and ef. Graphs of
+           --scale-sizes Gaussian rows (W=32, cosine, M=16, ef_construction=32, one thread), 500
+           queries that are noisy copies of stored rows (noise N(0, 0.1), as in soak.py) and 500
+           fresh Gaussian ones; 12 candidates re-scored exactly, as SparseMemory does; recall@4
+           and top-1 against brute force, and the time of one knn_query of 4 vectors, at ef 48
+           (the default), 96 and 192. What an index of fixed ef gives as it grows.
   memory   resident memory of a SparseMemory(index="hnsw") (B=1, H=4, W=32) after writing R
            distinct rows (each step writes 4 new LRA rows; the journal is cleared every 256
            steps so that only the memory, ring and index remain), R = 8,192 and 32,768, at
@@ -131,6 +137,39 @@ def sam_cost(inputs, n, k, warm=None):
                                  rss_growth_mib=(rss_now() - rss0) / 2**20)
 
 
+def scale_run(n, seed, efs=(48, 96, 192), queries=500):
+    """Bare hnswlib recall@4 and query time on a graph of n Gaussian rows (see 'scale')."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, W), dtype=np.float32)
+    ix = hnswlib.Index(space="cosine", dim=W)
+    ix.init_index(max_elements=n, M=16, ef_construction=32, random_seed=seed)
+    ix.set_num_threads(1)
+    t0 = time.perf_counter()
+    ix.add_items(x, np.arange(n), num_threads=1)
+    build = time.perf_counter() - t0
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    copies = x[rng.integers(0, n, queries)] + 0.1 * rng.standard_normal((queries, W), dtype=np.float32)
+    rows = []
+    for kind, q in (("copy", copies), ("fresh", rng.standard_normal((queries, W), dtype=np.float32))):
+        sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ unit.T  # (queries, n) float32
+        best = np.argpartition(-sims, 4, axis=1)[:, :4]
+        top1 = sims.argmax(1)
+        for ef in efs:
+            ix.set_ef(ef)
+            t0 = time.perf_counter()
+            for i in range(0, queries, 4):
+                ix.knn_query(q[i:i + 4], k=12, num_threads=1)
+            us = (time.perf_counter() - t0) / (queries // 4) * 1e6
+            labels = ix.knn_query(q, k=12, num_threads=1)[0].astype(np.int64)
+            score = np.take_along_axis(sims, labels, 1)
+            found = np.take_along_axis(labels, np.argsort(-score, 1)[:, :4], 1)
+            hits = [len(np.intersect1d(f, b)) / 4 for f, b in zip(found, best, strict=True)]
+            rows.append(dict(n=n, queries=kind, ef=ef, recall_at_4=float(np.mean(hits)),
+                             top1=float(np.mean(found[:, 0] == top1)), knn_us_4_vectors=us))
+        del sims
+    return dict(n=n, build_us_per_row=build / n * 1e6, rows=rows)
+
+
 def memory_run(n, rows, seed):
     """Resident growth of a fresh SparseMemory(index="hnsw") after writing ``rows`` rows."""
     rng = np.random.default_rng(seed)
@@ -166,7 +205,9 @@ def main():
     p.add_argument("--full-slots", type=int, default=65_536)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gaussian-steps", type=int, default=4104)
-    p.add_argument("--skip", nargs="*", default=[], choices=["recall", "cost", "gaussian", "full", "memory"])
+    p.add_argument("--scale-sizes", type=int, nargs="+", default=[50_000, 200_000, 1_000_000])
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["recall", "cost", "gaussian", "full", "memory", "scale"])
     p.add_argument("--out", default=f"{HERE}/results/index.json")
     p.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="an HNSWIndex option, e.g. --option stale_cos 0.9")
@@ -254,6 +295,15 @@ def main():
         print(f"\nfull memory N={n} after {len(fill)} steps (every row written, LRA recycling): "
               f"mean {out['full']['mean_ms']:.3f} ms, median {out['full']['median_ms']:.3f} ms per step; "
               f"{info['index']}", flush=True)
+    if "scale" not in args.skip:
+        out["scale"] = dict(runs=[scale_run(n, seed=5) for n in args.scale_sizes], loadavg=os.getloadavg())
+        print("\nbare hnswlib (M=16, ef_construction=32, one thread), Gaussian rows W=32: recall@4 of 12 "
+              "candidates re-scored")
+        print(f"{'rows':>10s} {'queries':>8s} {'ef':>4s} {'recall@4':>9s} {'top-1':>6s} {'us/knn(4)':>10s}")
+        for run in out["scale"]["runs"]:
+            for r in run["rows"]:
+                print(f"{r['n']:>10,d} {r['queries']:>8s} {r['ef']:>4d} {r['recall_at_4']:>9.3f} "
+                      f"{r['top1']:>6.3f} {r['knn_us_4_vectors']:>10.0f}", flush=True)
     if "memory" not in args.skip:
         runs = [memory_run(n, r, seed=4) for n in (1_000_000, 100_000_000) for r in (8192, 32768)]
         out["memory"] = dict(runs=runs)

@@ -559,6 +559,23 @@ def index_section(src):
                    f"time; one episode of {num(g.get('steps'), 0)} steps, B = 8, H = 4, K = 4, W = 32, "
                    f"Gaussian writes and queries; load average {_loads(g.get('loadavg'), None)} at the end.")
         out.append("")
+    scale = src.get("scale", note=False)
+    if isinstance(scale, dict):
+        out.append("### Bare hnswlib's recall against graph size")
+        out.append("")
+        rows = [[num(r.get("n"), 0), str(r.get("queries")), num(r.get("ef"), 0), num(r.get("recall_at_4"), 3),
+                 num(r.get("top1"), 3), num(r.get("knn_us_4_vectors"), 0)]
+                for run in scale.get("runs", []) if isinstance(run, dict)
+                for r in run.get("rows", []) if isinstance(r, dict)]
+        out += table(["rows in the graph", "queries", "ef", "recall@4", "top-1 found",
+                      "µs per knn_query of 4"], rows)
+        out.append("hnswlib alone, no samcpu: Gaussian rows (W = 32, cosine, M = 16, ef_construction = 32, "
+                   "one thread); queries are noisy copies of stored rows (copy) or fresh Gaussian vectors "
+                   "(fresh); 12 candidates re-scored exactly, as SparseMemory does. At a fixed ef, recall "
+                   "falls as the graph grows; a wider beam buys it back at a price in time. Load average "
+                   "at the end "
+                   f"{_loads(scale.get('loadavg'), None)}.")
+        out.append("")
     full = src.get("full", note=False)
     if isinstance(full, dict):
         w = "full"
@@ -604,6 +621,8 @@ def learning_section(src):
     old = old_dam(src)
     hidden = [r for _, r in runs if old and str(r.get("model")).lower() == "dam"]
     runs = [(w, r) for w, r in runs if not any(r is h for h in hidden)]
+    ablation = any("eval_bits_error_content_only" in r for _, r in runs)
+    stem = os.path.splitext(os.path.basename(src.rel))[0]
     for w, r in runs:
         model = str(src.at(r, ["model"], w))
         rows.append([str(src.at(r, ["task"], w)), model.upper(), num(slots.get(model), 0),
@@ -613,11 +632,21 @@ def learning_section(src):
                      f"{num(src.at(r, ['eval_bits_error'], w), 3)} ± "
                      f"{num(src.at(r, ['eval_bits_error_se'], w), 3)}",
                      num(r.get("eval_sequences"), 0), str(r.get("status", "n/a"))])
-    out += table(["task", "model", "N", "seed", "episodes", "minutes", "curriculum level",
-                  "bits error per sequence, fresh data", "sequences", "status"], rows, "llrrrrrrrl")
+        if ablation:
+            rows[-1].insert(8, "n/a" if "eval_bits_error_content_only" not in r else
+                            f"{num(r.get('eval_bits_error_content_only'), 3)} ± "
+                            f"{num(r.get('eval_bits_error_content_only_se'), 3)}")
+    head = ["task", "model", "N", "seed", "episodes", "minutes", "curriculum level",
+            "bits error per sequence, fresh data", "sequences", "status"]
+    if ablation:
+        head.insert(8, "the same, content reads only")
+    out += table(head, rows, "llrrrrrr" + "r" * ablation + "rl")
     out.append("Each run on one core with the same wall-time budget per task; fresh data: the final model "
                "on sequences at the task's full difficulty, drawn with a seed no run saw (mean ± standard "
-               "error).")
+               "error)." + (" Content reads only: the SDNC's read-mode ablation, the trained model "
+                            "evaluated with every head reading by content alone, as SAM does "
+                            "(modes (0, 1, 0))."
+                            if ablation else ""))
     out.append("")
     if hidden:
         which = "; ".join(
@@ -642,12 +671,12 @@ def learning_section(src):
                    f"{num(sum(vs) / len(vs), 2)} bits per sequence")
     out.append("")
     pngs = [t for t in dict.fromkeys(r.get("task") for _, r in runs)
-            if os.path.exists(os.path.join(os.path.dirname(src.path), f"learning_{t}.png"))]
+            if os.path.exists(os.path.join(os.path.dirname(src.path), f"{stem}_{t}.png"))]
     if hidden and pngs:
-        out.append("The plots (" + ", ".join(f"`benchmarks/results/learning_{t}.png`" for t in pngs)
+        out.append("The plots (" + ", ".join(f"`benchmarks/results/{stem}_{t}.png`" for t in pngs)
                    + ") also draw the old DAM's curves, so they are not shown until the DAM runs are redone.")
     for task in pngs if not hidden else []:
-        out.append(f"![{task}](../benchmarks/results/learning_{task}.png)")
+        out.append(f"![{task}](../benchmarks/results/{stem}_{task}.png)")
     out.append("")
     src.used.add("wall_minutes")
     return out
@@ -1004,6 +1033,9 @@ SECTIONS = [
     ("index.json", "The HNSW index", index_section, f"{PY} benchmarks/index.py"),
     ("learning.json", "Learning: the paper's Figure 2", learning_section,
      f"{PY} benchmarks/learning.py --minutes 20 7 7"),
+    ("learning_sdnc.json", "Learning: the Sparse DNC against SAM and the DNC", learning_section,
+     f"{PY} benchmarks/learning.py --models sdnc sam dnc --tasks follow copy recall --minutes 7 7 7 "
+     "--name learning_sdnc"),
     ("recall_long.json", "Associative recall past 4,000 steps", recall_long_section,
      f"{PY} benchmarks/recall_long.py"),
     ("long_episode.json", "Step time along one long episode", long_episode_section,
