@@ -8,6 +8,8 @@ for the Sparse DNC (1M slots) against SAM and the DNC (64 slots), with the follo
                                   [--name learning]
     python benchmarks/learning.py --models sdnc sam dnc --tasks follow copy recall --name learning_sdnc
 
+A task name with a number is follow with that many hops (``follow8``: ``--task follow --hops 8``).
+
 What is run
   For every task, model and seed: ``samcpu train --task T --model M --slots N --lr LR --seed S
   --threads 1 --torch-threads 1 --minutes MIN --quiet --out RUNS/T_M_sS`` (curriculum on, RMSProp,
@@ -28,6 +30,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,7 +55,9 @@ def train(args, task, model, seed, minutes, out=None, extra=()):
     """Run ``samcpu train`` for one task, model and seed in a subprocess (one core); ``extra``
     are further CLI arguments."""
     out = out or run_dir(args, task, model, seed)
-    cmd = [sys.executable, "-m", "samcpu", "train", "--task", task, "--model", model,
+    name, hops = re.fullmatch(r"(\D+)(\d*)", task).groups()  # "follow8": follow with --hops 8
+    extra = (*extra, "--hops", hops) if hops else extra
+    cmd = [sys.executable, "-m", "samcpu", "train", "--task", name, "--model", model,
            "--slots", str(SLOTS[model]), "--lr", str(args.lr), "--seed", str(seed), "--threads", "1",
            "--torch-threads", "1", "--minutes", str(minutes), "--steps", str(10**9), "--quiet", "--out", out,
            *extra]

@@ -44,15 +44,15 @@ MAX_LEVEL_PARAM = {"copy": "max_length", "recall": "max_items", "sort": "num_ite
 #: arguments given from those left out)
 DEFAULTS = dict(task="copy", model="sam", slots=1_000_000, batch=8, max_level=None, steps=10_000,
                 minutes=None, lr=3e-4, momentum=0.9, clip=10.0, hidden=100, word=32, heads=4, k=4,
-                link_k=8, index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0, threads=2,
-                torch_threads=1, checkpoint_every=200, data=None, anneal=0.5, anneal_floor=0.0625)
+                link_k=8, hops=3, index="hnsw", curriculum=True, threshold=1.0, patience=50, seed=0,
+                threads=2, torch_threads=1, checkpoint_every=200, data=None, anneal=0.5, anneal_floor=0.0625)
 #: defaults that differ by task (their curriculum error is a share of answers, not bits; babi has
 #: one level, so its threshold only says when it counts as solved, which --anneal follows)
 TASK_DEFAULTS = {"babi": dict(threshold=0.05), "omniglot": dict(threshold=0.1)}
 
 #: arguments that define a run: a resumed run refuses other values than its checkpoint's
 RUN_ARGS = ("task", "model", "slots", "batch", "max_level", "hidden", "word", "heads", "k", "link_k", "index",
-            "curriculum", "patience", "seed", "momentum")
+            "curriculum", "patience", "seed", "momentum", "hops")
 #: arguments a resumed run may change (from its next episode on; recorded in the checkpoint)
 RESUMABLE_ARGS = ("steps", "lr", "clip", "threshold", "threads", "torch_threads", "checkpoint_every", "data",
                   "anneal", "anneal_floor")
@@ -74,6 +74,8 @@ def task_of(args, seed):
             raise DataError(f"--task {args.task} needs --data DIR (the data set's folder; python -m "
                             f"samcpu.tasks.synthetic_{args.task} DIR makes a SYNTHETIC one)")
         kwargs["data"] = args.data
+    if args.task == "follow":
+        kwargs["num_follow"] = _effective("hops", getattr(args, "hops", None))
     n = getattr(args, "max_level", None)
     if n is None:
         return make_task(args.task, seed=seed, **kwargs)
@@ -303,6 +305,14 @@ def _check_saved(saved, path):
 def _check_combination(args):
     if args.data is not None and args.task not in DATA_TASKS:
         raise ValueError(f"--data is for --task {' or '.join(sorted(DATA_TASKS))}, not {args.task}")
+    hops = getattr(args, "hops", None)
+    if args.task != "follow" and hops not in (None, DEFAULTS["hops"]):
+        raise ValueError(f"--hops is the follow task's answer length; --task {args.task} has none")
+    if args.task == "follow" and hops is not None:
+        most = args.max_level if args.max_level is not None else _default_max_level("follow")
+        if hops + 1 > most:
+            raise ValueError(f"--hops {hops} needs episodes of at least {hops + 1} items, but --max-level "
+                             f"is {most}")
     if args.model in ("sam", "sdnc"):
         for key in ("k", "heads"):
             if getattr(args, key) > args.slots:
@@ -898,6 +908,8 @@ def add_arguments(p):
     p.add_argument("--k", type=positive, help=_with_default("k", "rows read per head (SAM, SDNC)"))
     p.add_argument("--link-k", type=positive,
                    help=_with_default("link_k", "link entries kept per row and in the precedence (SDNC)"))
+    p.add_argument("--hops", type=positive,
+                   help=_with_default("hops", "follow: the items to output after the cue"))
     p.add_argument("--index", choices=["hnsw", "exact"],
                    help=_with_default("index", "SAM's and the SDNC's index"))
     p.add_argument("--curriculum", action=argparse.BooleanOptionalAction, help=_with_default("curriculum"))

@@ -67,6 +67,9 @@ BAD = [  # (arguments, what the one line must name)
     (["--heads", "40"], "--heads"),
     (["--task", "recall", "--max-level", "2"], "--max-level"),  # recall needs 3 items at least
     (["--model", "tree"], "--model"),
+    (["--hops", "2"], "--hops"),  # copy has no hops
+    (["--task", "follow", "--hops", "0"], "--hops"),
+    (["--task", "follow", "--hops", "8", "--max-level", "6"], "--hops"),  # 9 items needed
 ]
 
 

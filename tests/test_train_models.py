@@ -44,3 +44,20 @@ def test_resume_refuses_another_link_k(tmp_path, capsys):
     assert _main(base + ["--link-k", "2", "--steps", "2"]) == 0
     assert _main(base + ["--link-k", "4", "--steps", "3", "--resume"]) != 0
     assert "--link-k 4 (the checkpoint's run has 2)" in capsys.readouterr().err
+
+
+def test_follow_hops_reach_the_task_and_define_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--task", "follow", "--model", "sam", "--slots", "1000", "--hidden", "8", "--word", "4", "--heads",
+            "1", "--k", "2", "--batch", "2", "--threads", "1", "--index", "exact", "--quiet", "--out", str(out)]
+    assert _main(base + ["--hops", "5", "--steps", "2"]) == 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    args = argparse.Namespace(**ck["args"])
+    assert args.hops == 5
+    task = task_of(args, 0)
+    assert task.num_follow == 5 and int(task.sample(2).mask.sum(0)[0]) == 5  # five answer steps
+    assert _main(base + ["--hops", "3", "--steps", "3", "--resume"]) != 0
+    assert "--hops 3 (the checkpoint's run has 5)" in capsys.readouterr().err
+    old = dict(ck["args"])
+    del old["hops"]  # a checkpoint from before --hops: the 3 hops follow always had
+    assert task_of(argparse.Namespace(**old), 0).num_follow == 3
