@@ -991,6 +991,27 @@ def distributed_section(src):
     return out
 
 
+def _soak_steady(src, wins):
+    """One line on the windows after every row of the memory has a graph label (the LRA ring
+    recycling rows): the ranges of step time, recall and RSS there, and the rebuilds."""
+    n = src.get("config", "num_slots", note=False)
+    full = [r for _, r in wins if isinstance(r.get("index"), dict) and isinstance(n, int)
+            and r["index"].get("live", 0) >= n]
+    if len(full) < 2:
+        return []
+
+    def span(key, digits, scale=1.0):
+        vals = [r[key] / scale for r in full if isinstance(r.get(key), int | float)]
+        return f"{num(min(vals), digits)}-{num(max(vals), digits)}" if vals else "n/a"
+
+    rebuilds = [r["index"].get("rebuilds", 0) for r in full]
+    return [f"Once every row was written (from step {num(full[0]['step'], 0)} on, {len(full)} windows, the "
+            f"LRA ring recycling rows): median µs per step {span('median_us', 0)}, CPU median "
+            f"{span('cpu_median_us', 0)}, recall {span('recall', 3)}, resident {span('rss_bytes', 0, 2**20)} "
+            f"MiB; {num(rebuilds[-1] - rebuilds[0], 0)} graph rebuilds in that span (each one long step: "
+            "the window's mean and p99 jump, its median does not).", ""]
+
+
 def soak_section(src):
     out = []
     wins = src.rows("windows")
@@ -1012,6 +1033,7 @@ def soak_section(src):
         out += table(["at step", "save s", "load s", "MiB", "loaded equal"],
                      [[num(r.get("step"), 0), num(r.get("save_s")), num(r.get("load_s")), mib(r.get("bytes")),
                        scalar(r.get("equal"))] for _, r in saves])
+    out += _soak_steady(src, wins)
     summ = src.get("summary")
     if isinstance(summ, dict):
         out.append("Summary: " + ", ".join(f"{k}={scalar(v)}" for k, v in summ.items()) + ".")
