@@ -1016,11 +1016,11 @@ def soak_section(src):
     out = []
     wins = src.rows("windows")
     out += table(["steps", "median µs per step", "p99 µs", "mean µs", "CPU median µs", "CPU mean µs", "load",
-                  "recall", "resident MiB", "index"],
+                  "recall", "resident MiB", "journal MiB", "index"],
                  [[num(src.at(r, ["step"], w), 0), num(src.at(r, ["median_us"], w), 0),
                    num(r.get("p99_us"), 0), num(r.get("mean_us"), 0), num(r.get("cpu_median_us"), 0),
                    num(r.get("cpu_mean_us"), 0), num(r.get("load_avg"), 1),
-                   num(src.at(r, ["recall"], w), 3), mib(r.get("rss_bytes")),
+                   num(src.at(r, ["recall"], w), 3), mib(r.get("rss_bytes")), mib(r.get("journal_bytes")),
                    _index_counts(r.get("index"))] for w, r in wins])
     cfg = src.get("config", note=False)
     if isinstance(cfg, dict):

@@ -1,7 +1,8 @@
 """Soak test: a long run of SparseMemory with the HNSW index, watched for drift.
 
     python benchmarks/soak.py [--steps 1000000] [--every 100000] [--slots 1000000]
-                              [--sample-every 1000] [--window 10000] [--seed 0] [--out FILE]
+                              [--sample-every 1000] [--window 10000] [--segment 1000] [--seed 0]
+                              [--out FILE]
 
 What is run
   One samcpu.SparseMemory(B=1, N=--slots, W=32, H=4, K=4, index="hnsw", float32), the
@@ -11,14 +12,18 @@ What is run
   for half of the heads at random, so that new rows keep arriving; strength beta ~ U(1, 20);
   query: per head, with probability 0.8 a noisy copy (noise N(0, 0.1)) of an add vector of
   an earlier step, drawn uniformly from all steps so far (kept in a ring of the latest
-  --recall-pool adds), else a fresh N(0, 1)^W (a query for nothing stored).
+  --recall-pool adds), else a fresh N(0, 1)^W (a query for nothing stored). Every --segment
+  steps the journal is dropped (``clear_journal``, contents kept), as truncated-BPTT training
+  does after each backward pass: the journal holds one segment's steps (about 3.4 KB per step
+  here), not all of them.
 
 What is measured
   - step time: each mem.step call, wall clock (time.perf_counter_ns) and CPU time of the
     process (time.process_time_ns, all threads: what the step costs even when other processes
     share the machine), input generation not included; per window of --window steps: median,
     p99 and mean (us), and the 1-minute load average at the window's end.
-  - RSS (samcpu._util.rss_bytes) at the end of every window.
+  - RSS (samcpu._util.rss_bytes) at the end of every window, and the journal's largest size
+    in the window.
   - recall@K: every --sample-every steps, the K rows the step read (StepResult.rows) against
     the exact top-K of the same query over every row of the memory after that step (the
     exact index, samcpu.index.ExactIndex, scanning the written rows of the live memory with
@@ -83,6 +88,8 @@ def main(argv=None):
     ap.add_argument("--slots", type=positive, default=1_000_000, help="N")
     ap.add_argument("--sample-every", type=positive, default=1000, help="steps between recall samples")
     ap.add_argument("--window", type=positive, default=10_000, help="steps per reported window")
+    ap.add_argument("--segment", type=positive, default=1000,
+                    help="steps between journal clears (a truncated-BPTT segment)")
     ap.add_argument("--recall-pool", type=positive, default=200_000,
                     help="how many of the latest adds queries are drawn from")
     ap.add_argument("--seed", type=int, default=0)
@@ -99,6 +106,7 @@ def main(argv=None):
     folder = tempfile.mkdtemp(prefix="samcpu-soak-")
     windows, saves = [], []
     times, cpu_times, recalls = [], [], []
+    journal_peak = 0  # the journal's largest size (bytes) in the window, just before a clear
     started = time.perf_counter()
     print(f"soak: N={args.slots:,d} B={B} W={W} H={H} K={K} hnsw, {args.steps:,d} steps, save/load every "
           f"{args.every:,d}", flush=True)
@@ -125,6 +133,9 @@ def main(argv=None):
             for h in range(H):
                 pool[pooled % len(pool)] = add[0, h]
                 pooled += 1
+            if t % args.segment == 0:
+                journal_peak = max(journal_peak, mem.journal_nbytes)
+                mem.clear_journal()
             if t % args.sample_every == 0:
                 rows, _ = exact.query(np.ascontiguousarray(query, mem.dtype), K)
                 hits = [len(np.intersect1d(res.rows[0, h], rows[0, h])) / K for h in range(H)]
@@ -137,13 +148,14 @@ def main(argv=None):
                            cpu_median_us=float(np.median(cpu)), cpu_mean_us=float(cpu.mean()),
                            load_avg=os.getloadavg()[0],
                            recall=float(np.mean(recalls)) if recalls else None, recall_samples=len(recalls),
-                           rss_bytes=rss_bytes(), index=mem.index.stats())
+                           rss_bytes=rss_bytes(), journal_bytes=max(journal_peak, mem.journal_nbytes),
+                           index=mem.index.stats())
                 windows.append(win)
                 rec = "n/a" if win["recall"] is None else f"{win['recall']:.3f}"
                 print(f"{t:>9,d} {win['median_us']:>10.0f} {win['p99_us']:>9.0f} {win['mean_us']:>9.0f} "
                       f"{win['cpu_median_us']:>8.0f} {win['cpu_mean_us']:>9.0f} {rec:>9} "
                       f"{win['rss_bytes'] / 2**20:>8.0f} {win['load_avg']:>5.1f}", flush=True)
-                times, cpu_times, recalls = [], [], []
+                times, cpu_times, recalls, journal_peak = [], [], [], 0
                 write(args, argv, windows, saves, started, complete=False)
             if t % args.every == 0 or t == args.steps:
                 t0 = time.perf_counter()
@@ -195,7 +207,8 @@ def write(args, argv, windows, saves, started, complete):
     out = dict(benchmark="soak", command=command,
                config=dict(batch_size=B, num_slots=args.slots, word_size=W, num_heads=H, k=K, index="hnsw",
                            dtype="float32", seed=args.seed, every=args.every, sample_every=args.sample_every,
-                           window=args.window, recall_pool=args.recall_pool, steps=args.steps),
+                           window=args.window, segment=args.segment, recall_pool=args.recall_pool,
+                           steps=args.steps),
                machine=machine_info(None), summary=summary, windows=windows, saves=saves)
     write_json(args.out, out)
     return out
