@@ -6,7 +6,8 @@ for the Sparse DNC (1M slots) against SAM and the DNC (64 slots), with the follo
                                   [--models sam dam] [--jobs 2] [--lr 3e-4] [--eval-batches 50]
                                   [--resume] [--runs-dir runs/learning] [--out-dir benchmarks/results]
                                   [--name learning]
-    python benchmarks/learning.py --models sdnc sam dnc --tasks follow copy recall --name learning_sdnc
+    python benchmarks/learning.py --models sdnc sam dnc --tasks follow follow8 copy recall --minutes 7 7 7 7 \
+                                  --name learning_sdnc
 
 A task name with a number is follow with that many hops (``follow8``: ``--task follow --hops 8``).
 

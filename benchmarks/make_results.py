@@ -1056,8 +1056,8 @@ SECTIONS = [
     ("learning.json", "Learning: the paper's Figure 2", learning_section,
      f"{PY} benchmarks/learning.py --minutes 20 7 7"),
     ("learning_sdnc.json", "Learning: the Sparse DNC against SAM and the DNC", learning_section,
-     f"{PY} benchmarks/learning.py --models sdnc sam dnc --tasks follow copy recall --minutes 7 7 7 "
-     "--name learning_sdnc"),
+     f"{PY} benchmarks/learning.py --models sdnc sam dnc --tasks follow follow8 copy recall "
+     "--minutes 7 7 7 7 --name learning_sdnc"),
     ("recall_long.json", "Associative recall past 4,000 steps", recall_long_section,
      f"{PY} benchmarks/recall_long.py"),
     ("long_episode.json", "Step time along one long episode", long_episode_section,
