@@ -1270,6 +1270,24 @@ def head_copy(learning):
             + ("solved: every seed < 0.1" if solved else "not solved in every seed (target < 0.1)"))
 
 
+def head_follow(learning):
+    """The link task: fresh-data bits error, mean over seeds, per model, on follow with 8 hops."""
+    runs = [r for _, r in learning.rows("runs") if r.get("task") == "follow8"
+            and isinstance(r.get("eval_bits_error"), int | float)]
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    if not models:
+        raise ValueError("no follow8 runs")
+    by = {m: [r["eval_bits_error"] for r in runs if r["model"] == m] for m in models}
+    minutes = [r.get("train_minutes") for r in runs if isinstance(r.get("train_minutes"), int | float)]
+    slots = learning.get("slots", note=False) or {}
+    return (" / ".join(f"{m.upper()} {num(sum(v) / len(v), 2)}" for m, v in by.items()),
+            "follow with 8 hops (the link task: after a cue, the 8 items that followed it); mean over "
+            + " / ".join(str(len(v)) for v in by.values()) + " seeds; N = "
+            + " / ".join(num(slots.get(m), 0) for m in models)
+            + ", fresh data at full difficulty, chance 32; "
+            + (_span(minutes) + " minutes of training on one core each" if minutes else ""))
+
+
 # (first cell, JSON file, function of the Source giving (measured, conditions))
 HEADLINE = [
     ("SAM training step, ms", "step.json", head_step),
@@ -1279,6 +1297,7 @@ HEADLINE = [
     ("DAM / SAM, time per step at N = 1e6", "step.json", head_step_dam),
     ("DAM / SAM, peak memory", "scaling/scaling.json", head_dam("peak_mib")),
     ("Copy task, SAM, bits error per sequence", "learning.json", head_copy),
+    ("Link task, bits error per sequence", "learning_sdnc.json", head_follow),
 ]
 
 
