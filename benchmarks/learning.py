@@ -168,6 +168,9 @@ def main():
         args.minutes = args.minutes * len(args.tasks)
     if len(args.minutes) != len(args.tasks):
         p.error(f"--minutes needs one value or one per task ({len(args.tasks)}), got {len(args.minutes)}")
+    for t in args.tasks:
+        if re.fullmatch(r"(\D+)(\d*)", t) is None or (t[-1].isdigit() and not t.startswith("follow")):
+            p.error(f"--tasks: {t!r} is not a task name (or followN, follow with N hops)")
     plan = [(t, m, s, mins) for t, mins in zip(args.tasks, args.minutes, strict=True) for s in args.seeds
             for m in args.models]
     os.makedirs(args.out_dir, exist_ok=True)

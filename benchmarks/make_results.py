@@ -501,6 +501,19 @@ def kernels_section(src):
     return out
 
 
+def _section_run(src, name):
+    """' Measured at commit C (T threads)' for a section that a later --skip run added to the
+    file (``section_runs``: its own machine record), else ''."""
+    src.used.add("section_runs")
+    run = src.get("section_runs", name, note=False)
+    m = run.get("machine") if isinstance(run, dict) else None
+    if not isinstance(m, dict):
+        return ""
+    return (f" This section was measured in a run of its own, at commit {str(m.get('git_commit'))[:7]}"
+            f"{' (uncommitted changes)' if m.get('git_dirty') else ''}, numba threads "
+            f"{num(m.get('numba_threads'), 0)}; the machine record above is the other sections'.")
+
+
 def index_section(src):
     out = []
     rec = src.rows("recall")
@@ -574,7 +587,7 @@ def index_section(src):
                    "(fresh); 12 candidates re-scored exactly, as SparseMemory does. At a fixed ef, recall "
                    "falls as the graph grows; a wider beam buys it back at a price in time. Load average "
                    "at the end "
-                   f"{_loads(scale.get('loadavg'), None)}.")
+                   f"{_loads(scale.get('loadavg'), None)}." + _section_run(src, "scale"))
         out.append("")
     full = src.get("full", note=False)
     if isinstance(full, dict):
@@ -997,6 +1010,7 @@ def _soak_steady(src, wins):
     n = src.get("config", "num_slots", note=False)
     full = [r for _, r in wins if isinstance(r.get("index"), dict) and isinstance(n, int)
             and r["index"].get("live", 0) >= n]
+    full = full[1:]  # windows that began with every row written (the first one ended so)
     if len(full) < 2:
         return []
 
@@ -1005,7 +1019,8 @@ def _soak_steady(src, wins):
         return f"{num(min(vals), digits)}-{num(max(vals), digits)}" if vals else "n/a"
 
     rebuilds = [r["index"].get("rebuilds", 0) for r in full]
-    return [f"Once every row was written (from step {num(full[0]['step'], 0)} on, {len(full)} windows, the "
+    return [f"Once every row was written (the {len(full)} windows ending at steps {num(full[0]['step'], 0)}-"
+            f"{num(full[-1]['step'], 0)}, the "
             f"LRA ring recycling rows): median µs per step {span('median_us', 0)}, CPU median "
             f"{span('cpu_median_us', 0)}, recall {span('recall', 3)}, resident {span('rss_bytes', 0, 2**20)} "
             f"MiB; {num(rebuilds[-1] - rebuilds[0], 0)} graph rebuilds in that span (each one long step: "
@@ -1136,6 +1151,9 @@ def headline(sources, readme=True):
 
     rows = []
     for label, rel, make in HEADLINE:
+        if rel in sources and sources[rel].data is None:
+            rows.append([label, "not measured yet", f"`benchmarks/results/{rel}` is not there ({link(rel)})"])
+            continue
         try:
             measured, conditions = make(sources[rel])
         except (KeyError, IndexError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:

@@ -171,6 +171,7 @@ def main(argv=None):
                 print(f"{'':>9} save {t1 - t0:.2f} s, load {t2 - t1:.2f} s, {mib:.0f} MiB, "
                       f"loaded == live: {saves[-1]['equal']}", flush=True)
                 if not saves[-1]["equal"]:
+                    write(args, argv, windows, saves, started, complete=False)
                     raise SystemExit(f"soak: the memory loaded at step {t} differs from the live one: "
                                      f"{checks}")
     finally:

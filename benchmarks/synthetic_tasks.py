@@ -160,6 +160,9 @@ def main():
         with open(path) as f:
             r["eval"] = json.load(f)
         ep, err, secs, level = curve(r["out"])
+        if not len(ep):
+            runs.append({**r, "status": "failed", "why": "no metric rows"})
+            continue
         tail = err[-max(1, len(err) // 10):]
         r.update(status="ok", episodes=int(ep[-1]), train_minutes=float(secs[-1] / 60),
                  final_max_level=int(level[-1]), train_error_last_tenth=float(tail.mean()))

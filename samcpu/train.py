@@ -302,11 +302,12 @@ def _check_saved(saved, path):
         raise ValueError(f"--resume: {path} holds arguments that are not valid ({e})") from None
 
 
-def _check_combination(args):
+def _check_combination(args, hops_given=None):
+    """Arguments that do not go together (``hops_given``: --hops as given, before defaults)."""
     if args.data is not None and args.task not in DATA_TASKS:
         raise ValueError(f"--data is for --task {' or '.join(sorted(DATA_TASKS))}, not {args.task}")
     hops = getattr(args, "hops", None)
-    if args.task != "follow" and hops not in (None, DEFAULTS["hops"]):
+    if args.task != "follow" and (hops_given is not None or hops not in (None, DEFAULTS["hops"])):
         raise ValueError(f"--hops is the follow task's answer length; --task {args.task} has none")
     if args.task == "follow" and hops is not None:
         most = args.max_level if args.max_level is not None else _default_max_level("follow")
@@ -510,6 +511,7 @@ def _setup(args, ckpt_path):
     """(args, checkpoint or None, changed): the run's arguments, resolved against the
     checkpoint's when resuming (see :func:`resolve_args`)."""
     ck, changed = None, {}
+    hops_given = getattr(args, "hops", None)
     if args.resume:
         ck = load_checkpoint(ckpt_path)
         check_training_checkpoint(ck, ckpt_path)
@@ -517,7 +519,7 @@ def _setup(args, ckpt_path):
         args, changed = resolve_args(args, ck["args"])
     else:
         args, _ = resolve_args(args)
-    _check_combination(args)
+    _check_combination(args, hops_given)
     return args, ck, changed
 
 

@@ -68,6 +68,7 @@ BAD = [  # (arguments, what the one line must name)
     (["--task", "recall", "--max-level", "2"], "--max-level"),  # recall needs 3 items at least
     (["--model", "tree"], "--model"),
     (["--hops", "2"], "--hops"),  # copy has no hops
+    (["--hops", "3"], "--hops"),  # not even follow's default
     (["--task", "follow", "--hops", "0"], "--hops"),
     (["--task", "follow", "--hops", "8", "--max-level", "6"], "--hops"),  # 9 items needed
 ]

@@ -48,8 +48,9 @@ def test_resume_refuses_another_link_k(tmp_path, capsys):
 
 def test_follow_hops_reach_the_task_and_define_the_run(tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["--task", "follow", "--model", "sam", "--slots", "1000", "--hidden", "8", "--word", "4", "--heads",
-            "1", "--k", "2", "--batch", "2", "--threads", "1", "--index", "exact", "--quiet", "--out", str(out)]
+    base = ["--task", "follow", "--model", "sam", "--slots", "1000", "--hidden", "8", "--word", "4",
+            "--heads", "1", "--k", "2", "--batch", "2", "--threads", "1", "--index", "exact", "--quiet",
+            "--out", str(out)]
     assert _main(base + ["--hops", "5", "--steps", "2"]) == 0
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     args = argparse.Namespace(**ck["args"])
