@@ -44,6 +44,8 @@ import torch
 from common import HERE, machine_info, write_json
 
 SLOTS = {"sam": 1_000_000, "dam": 64, "sdnc": 1_000_000, "dnc": 64}
+COLOURS = {"sam": "tab:blue", "dam": "tab:orange", "sdnc": "tab:green", "dnc": "tab:red"}  # per model
+STYLES = ["-", "--", ":", "-."]  # per seed
 FLOOR = 1e-3  # log-scale plots show smaller means at this floor
 ROOT = os.path.dirname(HERE)
 
@@ -126,15 +128,13 @@ def plot(task, runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours = {"sam": "tab:blue", "dam": "tab:orange", "sdnc": "tab:green", "dnc": "tab:red"}
-    styles = ["-", "--", ":", "-."]
     for r in runs:
         ep, err, _ = read_curve(r["out"])
         w = max(1, min(2000, len(err) // 40))
         smooth = np.convolve(err, np.ones(w) / w, mode="valid")
         label = f"{r['model'].upper()} N={SLOTS[r['model']]:,d} seed {r['seed']} (mean of {w})"
-        ax.plot(ep[w - 1:], np.maximum(smooth, FLOOR), color=colours[r["model"]],
-                linestyle=styles[r["seed"] % len(styles)], label=label)
+        ax.plot(ep[w - 1:], np.maximum(smooth, FLOOR), color=COLOURS[r["model"]],
+                linestyle=STYLES[r["seed"] % len(STYLES)], label=label)
     ax.set_yscale("log")
     ax.set_ylim(FLOOR / 2, None)
     ax.set_xlabel("episode (batch of 8 sequences)")

@@ -41,7 +41,7 @@ from collections import Counter
 import numpy as np
 
 from common import HERE, machine_info, write_json
-from learning import ROOT, run_dir, train
+from learning import COLOURS, ROOT, STYLES, run_dir, train
 
 SYNTHETIC = ("Every figure in this file is on SYNTHETIC data made by samcpu's generators "
              "(samcpu.tasks.synthetic_babi, samcpu.tasks.synthetic_omniglot): stories in the bAbI file "
@@ -87,16 +87,14 @@ def plot(task, runs, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colours = {"sam": "tab:blue", "dam": "tab:orange", "sdnc": "tab:green", "dnc": "tab:red"}
-    styles = ["-", "--", ":", "-."]
     two = task == "omniglot"
     fig, axes = plt.subplots(1, 2 if two else 1, figsize=(12 if two else 8, 4.5), squeeze=False)
     ax = axes[0, 0]
     for r in runs:
         ep, err, _, _ = curve(r["out"])
         w = max(1, min(500, len(err) // 20))
-        ax.plot(ep[w - 1:], np.convolve(err, np.ones(w) / w, mode="valid"), color=colours[r["model"]],
-                linestyle=styles[r["seed"] % len(styles)], label=f"{r['model'].upper()} seed {r['seed']}")
+        ax.plot(ep[w - 1:], np.convolve(err, np.ones(w) / w, mode="valid"), color=COLOURS[r["model"]],
+                linestyle=STYLES[r["seed"] % len(STYLES)], label=f"{r['model'].upper()} seed {r['seed']}")
     ax.set_xlabel("episode (batch of 8)")
     ax.set_ylabel("training error (share of answers, sliding mean)")
     ax.set_title(f"SYNTHETIC {task}-format data: training error")
@@ -106,8 +104,8 @@ def plot(task, runs, path):
         for r in runs:
             by = r.get("eval", {}).get("error_by_presentation")
             if by:
-                ax.plot(range(1, len(by) + 1), by, marker="o", color=colours[r["model"]],
-                        linestyle=styles[r["seed"] % len(styles)],
+                ax.plot(range(1, len(by) + 1), by, marker="o", color=COLOURS[r["model"]],
+                        linestyle=STYLES[r["seed"] % len(STYLES)],
                         label=f"{r['model'].upper()} seed {r['seed']}, {r['eval'].get('characters')} "
                               "characters")
         ax.set_xlabel("presentation of the character in the episode")
