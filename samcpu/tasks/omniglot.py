@@ -7,8 +7,9 @@ of 105x105 pixels per character, black strokes on white. Images are read once, s
 and downsampled to ``size`` x ``size`` (20 by default: the paper gives no size).
 
 An episode shows n characters, each ``presentations`` (10) times, in a random order. Each
-character gets, for this episode only, a random label among ``max_characters`` classes and a
-random rotation and stretch (applied to all its drawings). At each step the input is an image
+character gets, for this episode only, a random label among the episode's n classes (0..n-1,
+shuffled: n-way classification, as in Santoro et al.) and a random rotation and stretch
+(applied to all its drawings). At each step the input is an image
 and the 1-hot correct label of the previous step's image (zeros at the first step); the
 network must output the label of the current image. The loss is scored at every step; the
 error that drives the curriculum counts the steps whose character was shown before (a first
@@ -322,7 +323,7 @@ class OmniglotTask:
         order = np.zeros((steps, batch_size), np.int64)
         for b in range(batch_size):
             picked = rng.choice(chars.count, size=n, replace=False)
-            label = rng.choice(self.max_characters, size=n, replace=False)
+            label = rng.permutation(n)  # n-way: the episode's labels are 0..n-1, shuffled
             order[:, b] = rng.permutation(np.repeat(np.arange(n), self.presentations))
             angle = np.deg2rad(rng.uniform(-self.max_angle, self.max_angle, size=n))
             stretch = np.exp(rng.uniform(-1, 1, size=(n, 2)) * np.log(self.max_stretch))
