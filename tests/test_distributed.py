@@ -1,8 +1,8 @@
 """Data-parallel training on torch.distributed (gloo, loopback only).
 
 2 ranks with B/2 sequences each give the parameters of 1 process with B (float64 from user code
-with DDP around samcpu.SAM; float32 through `samcpu train` launched as the README's two
-`torchrun --nnodes 2` commands); a rank that dies makes the other exit non-zero naming it, and
+with DDP around samcpu.SAM; float32 through `samcpu train` launched as the two `torchrun --nnodes 2`
+commands of docs/distributed.md); a rank that dies makes the other exit non-zero naming it, and
 the last checkpoint resumes; a batch that does not split and an unreachable rendezvous are
 refused with the reason. Ranks are separate processes: this file is also their script
 (``python tests/test_distributed.py ddp RANK SIZE OUT``).
@@ -75,8 +75,9 @@ def finish(procs, limit=LIMIT):
 # ------------------------------------------------------------------ float64, user code
 
 def ddp_train(rank, size, steps=DDP_STEPS, batch_size=DDP_BATCH):
-    """The README's loop in float64: SAM in DDP when ``size`` > 1, each rank on its slice of the
-    global batch (drawn with the same seed on every rank). Returns the parameters."""
+    """The loop of docs/distributed.md's DDP script in float64: SAM in DDP when ``size`` > 1, each
+    rank on its slice of the global batch (drawn with the same seed on every rank). Returns the
+    parameters."""
     import numba
 
     import samcpu
@@ -139,10 +140,11 @@ def test_two_ranks_of_half_the_batch_equal_one_process_float64(tmp_path):
 
 # ------------------------------------------------------------------ samcpu train, float32
 
-def readme_torchrun_lines(nnodes):
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+def torchrun_lines(nnodes, doc="docs/distributed.md", heading="## Launching: the commands"):
+    """The ``torchrun`` command lines of section ``heading`` of ``doc``, on ``nnodes`` machines."""
+    with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("## More than one process or machine"):]
+    section = text[text.index(heading):]
     section = section[:section.index("\n## ", 1)]
     lines = [line for line in section.splitlines() if line.startswith("torchrun ")]
     return [line for line in lines if ("--nnodes 2" in line) == (nnodes == 2)]
@@ -168,16 +170,19 @@ def assert_same_training(a, b, tolerance=1e-5):
 RUN = [*TINY, "--batch", "4", "--patience", "2", "--threshold", "30"]
 
 
-def test_the_readme_two_machine_launch_trains_as_one_process_and_resumes_on_one(tmp_path):
-    """The README's `torchrun --nnodes 2` commands (one rank each, on 127.0.0.1): the same
-    metrics and weights as one process with the whole batch; the checkpoint resumes in one."""
-    lines = readme_torchrun_lines(2)
+def test_the_documented_two_machine_launch_trains_as_one_process_and_resumes_on_one(tmp_path):
+    """docs/distributed.md's `torchrun --nnodes 2` commands (one rank each, ADDR = 127.0.0.1):
+    the same metrics and weights as one process with the whole batch; the checkpoint resumes
+    in one."""
+    lines = torchrun_lines(2)
     assert len(lines) == 2 and "--node-rank 0" in lines[0] and "--node-rank 1" in lines[1]
+    assert all(" --master-addr ADDR " in line for line in lines), lines
     two, one = tmp_path / "two", tmp_path / "one"
 
     def launch():
         port, procs = free_port(), []
         for line in lines:
+            line = line.replace("--master-addr ADDR", "--master-addr 127.0.0.1")
             words = re.sub(r"--master-port \d+", f"--master-port {port}", line).split()
             words[0] = TORCHRUN
             procs.append(subprocess.Popen([*words, *RUN, "--steps", "6", "--out", str(two)], cwd=tmp_path,
@@ -212,13 +217,15 @@ def test_the_readme_two_machine_launch_trains_as_one_process_and_resumes_on_one(
     assert resumes[-1]["ranks"] == 1 and resumes[-1]["episode"] == 6
 
 
-def test_the_readme_torchrun_lines_use_existing_options():
+def test_the_documented_torchrun_lines_use_existing_options():
     from samcpu.cli import main as cli
 
     with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
         cli(["train", "--help"])
-    lines = readme_torchrun_lines(1) + readme_torchrun_lines(2)
-    assert len(lines) >= 3
+    docs = torchrun_lines(1) + torchrun_lines(2)
+    readme = torchrun_lines(1, "README.md", "## More than one process or machine")
+    assert len(docs) >= 3 and len(readme) >= 1
+    lines = docs + readme
     for line in lines:
         assert " -m samcpu train " in line, line
         for flag in (w for w in line.split(" -m samcpu train ")[1].split() if w.startswith("--")):

@@ -1,7 +1,8 @@
 """The docs against the code and the JSON: docs/results.md and the README's headline table are
 what benchmarks/make_results.py makes now, the headline's figures equal the JSON (read here
-independently of the generator), the generator survives JSON that lacks fields, the README's
-Python examples run, its command lines use options that exist, and its links resolve."""
+independently of the generator), the generator survives JSON that lacks fields, the Python
+examples of the README and docs/distributed.md run, the README's command lines use options that
+exist, and the docs' links resolve."""
 import contextlib
 import io
 import json
@@ -322,17 +323,19 @@ def code_blocks(text, lang):
     return blocks
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("doc, count", [("README.md", 3), ("docs/distributed.md", 1)])
+def test_python_examples_run(tmp_path, monkeypatch, doc, count):
+    """Every Python block runs and prints (docs/distributed.md's DDP script as one rank)."""
     import torch
 
-    blocks = code_blocks(read("README.md"), "python")
-    assert len(blocks) >= 2
+    blocks = code_blocks(read(doc), "python")
+    assert len(blocks) >= count
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()  # the torch example sets one thread: give it back
     try:
         for block in blocks:
             with contextlib.redirect_stdout(io.StringIO()) as out:
-                exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+                exec(compile(block, doc, "exec"), {"__name__": "readme"})
             assert out.getvalue()  # each example prints what it shows
     finally:
         torch.set_num_threads(threads)
