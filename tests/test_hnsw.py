@@ -313,3 +313,64 @@ def test_a_loaded_memory_goes_on_exactly_like_the_live_one(tmp_path):
         np.testing.assert_array_equal(a.step(*x).rows, b.step(*x).rows)
     state = ("live", "deleted", "buffered")  # "inserted" and "rebuilds" count since creation
     assert {k: a.index.stats()[k] for k in state} == {k: b.index.stats()[k] for k in state}
+
+
+def run_until_rebuilding(mem, rng, steps=2000):
+    """Step with random inputs until a rebuild is in progress in batch element 0."""
+    for _ in range(steps):
+        mem.step(*random_step_inputs(rng, mem.batch_size, mem.num_heads, mem.word_size, None, np.float32))
+        if mem.index.old[0] is not None and len(mem.index.pending[0]) > 0:
+            return
+    raise AssertionError("no rebuild started")
+
+
+def test_a_rebuild_is_spread_over_flushes_and_answers_stay_exact():
+    """A rebuild moves the old graph's rows a chunk per flush while queries search both graphs:
+    every answer equals the exact index's, no step inserts more than a flush's bounded work, and
+    rebuilds do finish (the old graph is dropped)."""
+    rng = np.random.default_rng(21)
+    opts = dict(WIDE, ef=2000, flush_rows=16, migrate=2, num_threads=1)
+    a = samcpu.SparseMemory(1, 600, 6, num_heads=3, k=4, index="hnsw", index_options=opts)
+    b = samcpu.SparseMemory(1, 600, 6, num_heads=3, k=4, index="exact")
+    per_step, spans, span, live_at_start = [], [], 0, []
+    for t in range(900):
+        inputs = random_step_inputs(rng, 1, 3, 6, None, np.float32)
+        before, was = a.index.inserted, a.index.old[0]
+        x, y = a.step(*inputs), b.step(*inputs)
+        np.testing.assert_array_equal(x.rows, y.rows, err_msg=f"step {t + 1}")
+        per_step.append(a.index.inserted - before)
+        if a.index.old[0] is not None:
+            if was is None:
+                live_at_start.append(a.index.old[0].live)
+            span += 1
+        elif span:
+            spans.append(span)
+            span = 0
+    stats = a.index.stats()
+    assert stats["rebuilds"] >= 3 and len(spans) >= 3
+    assert min(spans) >= 2  # spread: the old graph lives on for several steps
+    # a flush cools at most the hot tier (flush_rows // 2 plus one step's rows: 3 heads x 5)
+    # and moves at most max(flush_rows, migrate x cooled) rows: far below a bulk rebuild
+    bound = (16 + 15) * (1 + 2)
+    assert max(per_step) <= bound < max(live_at_start)
+
+
+def test_a_memory_saved_during_a_rebuild_loads_and_goes_on_exactly(tmp_path):
+    rng = np.random.default_rng(22)
+    opts = dict(flush_rows=16, num_threads=1, stale_cos=2.0, migrate=1)
+    a = samcpu.SparseMemory(2, 4000, 8, num_heads=2, k=3, index="hnsw", index_options=opts)
+    run_until_rebuilding(a, rng)
+    pending = a.index.stats()["pending"]
+    a.save(tmp_path / "m")
+    assert a.index.stats()["pending"] == pending and a.index.old[0] is not None  # saving changes nothing
+    b = samcpu.SparseMemory.load(tmp_path / "m", index_options=opts)
+    assert b.index.old[0] is not None and np.array_equal(b.index.pending[0], a.index.pending[0])
+    np.testing.assert_array_equal(b.index.row_label[0], a.index.row_label[0])
+    for t in range(300):  # through the end of the rebuild and later ones
+        x = random_step_inputs(rng, 2, 2, 8, None, np.float32)
+        np.testing.assert_array_equal(a.step(*x).rows, b.step(*x).rows, err_msg=f"step {t + 1}")
+    state = ("live", "deleted", "buffered", "pending")
+    assert {k: a.index.stats()[k] for k in state} == {k: b.index.stats()[k] for k in state}
+    assert a.index.rebuilds > 0
+    a.index.finish_rebuilds()
+    assert all(g is None for g in a.index.old) and a.index.stats()["pending"] == 0

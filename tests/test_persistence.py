@@ -456,14 +456,24 @@ def test_crafted_graph_files_are_refused_without_a_crash(tmp_path):
         saved_file(crafted / name, "hnsw_0.bin").write_bytes(data)
         reseal(crafted / name)
     npz = dict(np.load(saved_file(tmp_path / "good", "hnsw.npz")))
+    assert npz["migrating"][0] == 1 and len(npz["pending"])  # saved during a rebuild: two graphs
     for name, change in [("buffer_out_of_range", dict(buffer=np.array([10**9]), buffer_counts=np.array([1]))),
                          ("label_row_out_of_range", dict(label_row=npz["label_row"] + 10**9)),
                          ("label_counts_wrong", dict(label_counts=npz["label_counts"] + 3)),
-                         ("float_buffer", dict(buffer=np.array([0.5]), buffer_counts=np.array([1])))]:
+                         ("float_buffer", dict(buffer=np.array([0.5]), buffer_counts=np.array([1]))),
+                         # the rebuild in progress: its arrays agree and name rows in the memory
+                         ("pending_without_rebuild", dict(migrating=np.array([0]))),
+                         ("pending_out_of_range", dict(pending=npz["pending"] + 10**9)),
+                         ("old_label_row_out_of_range", dict(old_label_row=npz["old_label_row"] + 10**9)),
+                         ("migrating_not_a_flag", dict(migrating=np.array([2])))]:
         shutil.copytree(tmp_path / "good", crafted / name)
         with open(saved_file(crafted / name, "hnsw.npz"), "wb") as f:
             np.savez(f, **dict(npz, **change))
         reseal(crafted / name)
+    shutil.copytree(tmp_path / "good", crafted / "rebuild_arrays_incomplete")
+    with open(saved_file(crafted / "rebuild_arrays_incomplete", "hnsw.npz"), "wb") as f:
+        np.savez(f, **{k: v for k, v in npz.items() if k != "pending"})
+    reseal(crafted / "rebuild_arrays_incomplete")
     shutil.copytree(tmp_path / "good", crafted / "untouched")
     proc = run_script(tmp_path, CRAFTED, crafted)
     assert proc.returncode == 0, f"the loading process died ({proc.returncode}): {proc.stderr[-3000:]}"

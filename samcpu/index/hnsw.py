@@ -10,9 +10,14 @@ indexed vector (cosine >= ``stale_cos``) keeps its label; one that moved is re-i
 new label (labels are versions, not rows, because hnswlib's in-place update of a label costs
 about 20 inserts) and its old label is deleted (``mark_deleted``, about 1 us). Written rows that
 are zero stay in the hot tier (they tie at similarity 0 with the unwritten rows). Queries
-over-fetch from hnswlib and re-score every candidate exactly against the live memory. When
-deleted labels outnumber live ones the graph is rebuilt in bulk (amortised: one insert per
-deletion). Batch elements run in parallel threads (hnswlib and the kernels release the GIL).
+over-fetch from hnswlib and re-score every candidate exactly against the live memory.
+
+When deleted labels outnumber live ones the graph is rebuilt, spread over the next flushes
+instead of in one step (which took about 150 s at 1e6 rows): a new, empty graph takes every
+insert from then on, and each flush also moves a chunk of the old graph's live rows into it
+(``migrate`` rows per row it cooled, at least ``flush_rows``); queries search both graphs until
+the old one is empty and dropped. A row has at most one live label, in one of the two graphs.
+Batch elements run in parallel threads (hnswlib and the kernels release the GIL).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -92,17 +97,22 @@ class HNSWIndex(Index):
     rebuild_ratio : a graph is rebuilt when its deleted labels outnumber ``rebuild_ratio`` times
         its live ones (each rebuild re-inserts the live rows: 1 / rebuild_ratio inserts per
         deletion, amortised)
+    migrate : during a rebuild, the old graph's rows a flush moves into the new one, per row
+        the flush cooled (at least ``flush_rows`` per flush); higher finishes sooner (queries
+        search two graphs meanwhile), lower spreads the work thinner
     num_threads : threads over the batch elements
     seed : hnswlib's random seed (level generation)
     """
 
     def __init__(self, memory, written, m=16, ef_construction=32, ef=48, overfetch=8,
-                 flush_rows=512, stale_cos=0.98, rebuild_ratio=1.0, num_threads=2, seed=0, capacity=1024):
+                 flush_rows=512, stale_cos=0.98, rebuild_ratio=1.0, migrate=4, num_threads=2, seed=0,
+                 capacity=1024):
         super().__init__(memory, written)
         m, ef_construction, ef = (check_int(name, v) for name, v in
                                   (("m", m), ("ef_construction", ef_construction), ("ef", ef)))
         overfetch = check_int("overfetch", overfetch, minimum=0)
         flush_rows = check_int("flush_rows", flush_rows)
+        migrate = check_int("migrate", migrate)
         num_threads = check_int("num_threads", num_threads)
         capacity = check_int("capacity", capacity)
         checks = (("stale_cos", stale_cos, np.isfinite, "(finite; above 1, every moved row is re-indexed)"),
@@ -112,15 +122,18 @@ class HNSWIndex(Index):
                 raise ValueError(f"{name} must be a number {what}, got {v!r}")
         self.m, self.ef_construction, self.ef = m, ef_construction, ef
         self.overfetch, self.flush_rows, self.stale_cos = overfetch, flush_rows, stale_cos
-        self.rebuild_ratio = rebuild_ratio
+        self.rebuild_ratio, self.migrate = rebuild_ratio, migrate
         self.seed, self.capacity = seed, capacity
         b, n, _ = memory.shape
-        self.row_label = lazy_zeros((b, n), np.int64)  # label + 1 of a row's live label
+        # a row's live label: label + 1 in graphs[b], -(label + 1) in old[b] (a rebuild's), 0: none
+        self.row_label = lazy_zeros((b, n), np.int64)
         self.buffer = RowSet(b, n, capacity=2 * flush_rows)  # the hot tier: scanned exactly by every query
         self.last_write = lazy_zeros((b, n), np.int64)  # the update() count at a row's last write
         self.clock = 0
         self.flush_at = np.full(b, flush_rows, np.int64)  # hot rows at which element b flushes
         self.graphs = [self._new_graph(i) for i in range(b)]
+        self.old = [None] * b  # per batch element, the graph a rebuild is draining, or None
+        self.pending = [None] * b  # the old graph's rows the rebuild has still to look at
         self.num_threads = max(1, min(num_threads, b))
         self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
         self.rebuilds = 0
@@ -162,32 +175,39 @@ class HNSWIndex(Index):
         after all is still found and re-indexed at the next flush."""
         rows = np.asarray(rows, np.int64)
         self.buffer.add(rows)  # first: whatever happens below, the rows stay findable
-        for b, g in enumerate(self.graphs):
+        for b in range(len(self.graphs)):
             r = np.unique(rows[b][rows[b] >= 0])  # a label is deleted once
-            labels = self.row_label[b, r] - 1
-            has = labels >= 0
-            self.row_label[b, r[has]] = 0
-            g.delete(labels[has])
+            self._drop_labels(b, r)
+
+    def _drop_labels(self, b, rows):
+        """Delete the live labels of batch element b's ``rows`` (distinct), in whichever graph
+        holds them."""
+        code = self.row_label[b, rows]
+        self.graphs[b].delete(code[code > 0] - 1)
+        if self.old[b] is not None:
+            self.old[b].delete(-code[code < 0] - 1)
+        self.row_label[b, rows[code != 0]] = 0
 
     def query(self, queries, k):
         fetch = k + self.overfetch
         n_batch, n_heads = queries.shape[:2]
-        cand = np.full((n_batch, n_heads, fetch), -1, np.int64)
+        graphs = 1 if all(g is None for g in self.old) else 2  # two while a rebuild drains one
+        cand = np.full((n_batch, n_heads, graphs * fetch), -1, np.int64)
         rows = np.empty((n_batch, n_heads, k), np.int64)
         sims = np.empty((n_batch, n_heads, k), np.float64)
         w = self.written
 
         def search(b):
-            g = self.graphs[b]
-            kk = min(fetch, g.live)
-            while kk > 0:
-                try:
-                    labels, _ = g.index.knn_query(queries[b], k=kk, num_threads=1)
-                except RuntimeError:  # fewer than kk reachable: ask for fewer
-                    kk //= 2
-                    continue
-                cand[b, :, :kk] = g.label_row[labels.astype(np.int64)]
-                break
+            for i, g in enumerate((self.graphs[b], self.old[b])):
+                kk = 0 if g is None else min(fetch, g.live)
+                while kk > 0:
+                    try:
+                        labels, _ = g.index.knn_query(queries[b], k=kk, num_threads=1)
+                    except RuntimeError:  # fewer than kk reachable: ask for fewer
+                        kk //= 2
+                        continue
+                    cand[b, :, i * fetch:i * fetch + kk] = g.label_row[labels.astype(np.int64)]
+                    break
             buf = self.buffer
             rescore_candidates(self.memory[b], cand[b], buf.flags[b], buf.members[b],
                                buf.counts[b], w.flags[b], w.hints[b], queries[b], k, EPS,
@@ -224,8 +244,9 @@ class HNSWIndex(Index):
             recent = self.last_write[b, rows[nz]]
             hot[nz[np.argpartition(-recent, keep_hot - 1)[:keep_hot]]] = True
         cool = nonzero & ~hot
-        labels = self.row_label[b, rows] - 1
-        has = labels >= 0
+        code = self.row_label[b, rows]
+        labels = code - 1
+        has = code > 0  # a label in g; a row with a label in the old graph moves to g as it cools
         still = np.zeros(count, bool)  # cooling rows whose indexed vector is still good
         check = cool & has
         if check.any():
@@ -233,41 +254,71 @@ class HNSWIndex(Index):
             cos = (stored * vals[check]).sum(1) / norms[check]
             still[np.flatnonzero(check)[cos >= self.stale_cos]] = True
         insert = cool & ~still
-        delete = has & ((cool & ~still) | ~nonzero)
-        g.delete(labels[delete])
-        self.row_label[b, rows[delete]] = 0
+        self._drop_labels(b, rows[(code != 0) & ((cool & ~still) | ~nonzero)])
         g.insert(vals[insert], rows[insert], self.row_label[b])
         self.inserted += int(insert.sum())
         rowset_clear(buf.flags[b], buf.members[b], count)
         buf.counts[b] = rowset_add(buf.flags[b], buf.members[b], 0, rows[hot | ~nonzero])
         self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.flush_rows - self.flush_rows // 2)
-        if g.deleted > max(self.rebuild_ratio * g.live, 4 * self.flush_rows):
-            self._rebuild(b)
+        if self.old[b] is not None:
+            self._migrate(b, max(self.flush_rows, self.migrate * int(cool.sum())))
+        elif g.deleted > max(self.rebuild_ratio * g.live, 4 * self.flush_rows):
+            self._start_rebuild(b)
 
-    def _rebuild(self, b):
-        """A fresh graph of the live rows' current contents."""
+    def _start_rebuild(self, b):
+        """Begin rebuilding batch element b's graph: a new graph takes every insert from now on,
+        the old one is drained by later flushes (:meth:`_migrate`)."""
         old = self.graphs[b]
-        rows = old.label_row[: old.next_label]
-        rows = rows[rows >= 0]
-        self.row_label[b, rows] = 0
-        g = self._new_graph(b, capacity=max(self.capacity, 2 * len(rows)))
-        g.insert(np.asarray(self.memory[b, rows], np.float32), rows, self.row_label[b])
+        labels = np.flatnonzero(old.label_row[: old.next_label] >= 0)
+        rows = old.label_row[labels]
+        self.row_label[b, rows] = -(labels + 1)
+        self.graphs[b] = self._new_graph(b, capacity=max(self.capacity, 2 * len(rows)))
+        self.old[b], self.pending[b] = old, rows
+        if not len(rows):
+            self._migrate(b, 0)
+
+    def _migrate(self, b, chunk):
+        """Move up to ``chunk`` of the old graph's pending rows into the new graph (their
+        current contents); hot rows are left to their cooling. With none pending, drop the old
+        graph: only hot rows can still have labels there."""
+        rows, self.pending[b] = self.pending[b][:chunk], self.pending[b][chunk:]
+        rows = rows[(self.row_label[b, rows] < 0) & (self.buffer.flags[b][rows] == 0)]
+        self._drop_labels(b, rows)
+        vals = np.asarray(self.memory[b, rows], np.float32)
+        self.graphs[b].insert(vals, rows, self.row_label[b])
         self.inserted += len(rows)
-        self.graphs[b] = g
-        self.rebuilds += 1
+        if not len(self.pending[b]):
+            old = self.old[b]
+            left = old.label_row[: old.next_label]
+            self.row_label[b, left[left >= 0]] = 0
+            self.old[b] = self.pending[b] = None
+            self.rebuilds += 1
+
+    def finish_rebuilds(self):
+        """Complete every rebuild in progress now (a bulk insert of the rows still pending)."""
+        self._each(lambda b: self.old[b] is not None and self._migrate(b, len(self.pending[b])))
 
     def save(self, directory):
         """One hnswlib file per batch element plus ``hnsw.npz`` (labels, the hot tier with each
-        hot row's last write, the clock and the flush points): the index as it is, so a loaded
-        memory's index goes on exactly as this one does (saving changes nothing here)."""
+        hot row's last write, the clock and the flush points), and for a rebuild in progress the
+        old graph (``hnsw_old_<b>.bin``), its labels and the rows still pending: the index as it
+        is, so a loaded memory's index goes on exactly as this one does (saving changes nothing
+        here)."""
         names = []
         for b, g in enumerate(self.graphs):
-            name = f"hnsw_{b}.bin"
-            g.index.save_index(os.path.join(directory, name))
-            names.append(name)
+            for prefix, graph in (("hnsw", g), ("hnsw_old", self.old[b])):
+                if graph is not None:
+                    name = f"{prefix}_{b}.bin"
+                    graph.index.save_index(os.path.join(directory, name))
+                    names.append(name)
         labels = [g.label_row[: g.next_label] for g in self.graphs]
+        old = [np.empty(0, np.int64) if g is None else g.label_row[: g.next_label] for g in self.old]
+        pending = [np.empty(0, np.int64) if p is None else p for p in self.pending]
         arrays = dict(label_row=np.concatenate(labels),
                       label_counts=np.array([len(x) for x in labels], np.int64),
+                      migrating=np.array([g is not None for g in self.old], np.int64),
+                      old_label_row=np.concatenate(old), old_label_counts=np.array([len(x) for x in old]),
+                      pending=np.concatenate(pending), pending_counts=np.array([len(x) for x in pending]),
                       buffer=np.concatenate([self.buffer.rows(b) for b in range(len(self.graphs))]),
                       buffer_counts=self.buffer.counts.copy())
         arrays["hot_last_write"] = np.concatenate([self.last_write[b, self.buffer.rows(b)]
@@ -291,22 +342,40 @@ class HNSWIndex(Index):
             return
         n_batch, n, dim = self.memory.shape
         with np.load(os.path.join(directory, "hnsw.npz"), allow_pickle=False) as z:
-            label_row, label_counts = z["label_row"], z["label_counts"]
-            buffer, buffer_counts = z["buffer"], z["buffer_counts"]
+            arr = {name: z[name] for name in ("label_row", "label_counts", "buffer", "buffer_counts")}
             # the hot tier's order (saves before the two-tier index have none: rows restamped)
             order = {name: z[name] for name in ("hot_last_write", "clock", "flush_at") if name in z.files}
-        for name, arr in (("label_row", label_row), ("label_counts", label_counts), ("buffer", buffer),
-                          ("buffer_counts", buffer_counts)):
-            if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            # a rebuild in progress (saves before spread rebuilds have none)
+            names = ("migrating", "old_label_row", "old_label_counts", "pending", "pending_counts")
+            arr.update({name: z[name] for name in names if name in z.files})
+        if any(name in arr for name in names) and not all(name in arr for name in names):
+            raise ValueError(f"hnsw.npz: {', '.join(names)} go together")
+        if "migrating" not in arr:
+            arr.update(migrating=np.zeros(n_batch, np.int64), old_label_row=np.empty(0, np.int64),
+                       old_label_counts=np.zeros(n_batch, np.int64), pending=np.empty(0, np.int64),
+                       pending_counts=np.zeros(n_batch, np.int64))
+        for name, a in arr.items():
+            if a.dtype.kind not in "iu" or a.ndim != 1:
                 raise ValueError(f"hnsw.npz: {name} is not a vector of integers")
-        label_row, buffer = label_row.astype(np.int64), buffer.astype(np.int64)
-        if label_counts.shape != (n_batch,) or buffer_counts.shape != (n_batch,):
+            arr[name] = a.astype(np.int64)
+        label_row, buffer, old_row = arr["label_row"], arr["buffer"], arr["old_label_row"]
+        label_counts, buffer_counts, migrating = arr["label_counts"], arr["buffer_counts"], arr["migrating"]
+        old_counts, pending, pending_counts = arr["old_label_counts"], arr["pending"], arr["pending_counts"]
+        if any(arr[k].shape != (n_batch,) for k in ("label_counts", "buffer_counts", "migrating",
+                                                     "old_label_counts", "pending_counts")):
             raise ValueError("hnsw.npz does not match the batch size")
-        if (label_counts.min() < 0 or buffer_counts.min() < 0 or label_counts.sum() != len(label_row)
-                or buffer_counts.sum() != len(buffer)):
+        if any(counts.min() < 0 or counts.sum() != len(a) for counts, a in (
+                (label_counts, label_row), (buffer_counts, buffer), (old_counts, old_row),
+                (pending_counts, pending))):
             raise ValueError("hnsw.npz: the counts do not match the arrays")
-        if label_row.size and (label_row.max() >= n or label_row.min() < -1):
-            raise ValueError("hnsw.npz holds rows outside the memory")
+        if not np.isin(migrating, (0, 1)).all() or (old_counts[migrating == 0] != 0).any() or (
+                pending_counts[migrating == 0] != 0).any():
+            raise ValueError("hnsw.npz: migrating must be 0 or 1, and 0 has no old graph and no pending rows")
+        for a in (label_row, old_row):
+            if a.size and (a.max() >= n or a.min() < -1):
+                raise ValueError("hnsw.npz holds rows outside the memory")
+        if pending.size and (pending.max() >= n or pending.min() < 0):
+            raise ValueError("hnsw.npz holds pending rows outside the memory")
         if buffer.size and (buffer.max() >= n or buffer.min() < 0):
             raise ValueError("hnsw.npz holds hot rows outside the memory")
         if order:
@@ -322,26 +391,39 @@ class HNSWIndex(Index):
                 raise ValueError("hnsw.npz: flush_at does not match the batch size")
         lo = np.concatenate([[0], np.cumsum(label_counts)])
         bo = np.concatenate([[0], np.cumsum(buffer_counts)])
+        oo = np.concatenate([[0], np.cumsum(old_counts)])
+        po = np.concatenate([[0], np.cumsum(pending_counts)])
         for b in range(n_batch):  # check everything before building anything
-            labels = label_row[lo[b]:lo[b + 1]]
-            live = labels[labels >= 0]
+            graphs = [("hnsw", label_row[lo[b]:lo[b + 1]])]
+            if migrating[b]:
+                graphs.append(("hnsw_old", old_row[oo[b]:oo[b + 1]]))
+            live = np.concatenate([labels[labels >= 0] for _, labels in graphs])
             if len(np.unique(live)) != len(live):
                 raise ValueError(f"hnsw.npz: two live labels of batch element {b} name the same row")
             hot = buffer[bo[b]:bo[b + 1]]
             if len(np.unique(hot)) != len(hot):
                 raise ValueError(f"hnsw.npz: batch element {b}'s hot rows repeat a row")
-            path = os.path.join(directory, f"hnsw_{b}.bin")
-            info = hnsw_file.check_graph_file(path, dim, count=len(labels))
-            if (info.labels >= len(labels)).any() or len(np.unique(info.labels)) != len(labels):
-                raise ValueError(f"{path}: its labels are not 0 .. {len(labels) - 1}, each once")
-            if not np.array_equal(info.deleted, labels[info.labels.astype(np.int64)] < 0):
-                raise ValueError(f"{path}: its deletion marks do not match hnsw.npz")
+            for prefix, labels in graphs:
+                path = os.path.join(directory, f"{prefix}_{b}.bin")
+                if not os.path.isfile(path):
+                    raise ValueError(f"hnsw.npz names a graph {os.path.basename(path)} that the save lacks")
+                info = hnsw_file.check_graph_file(path, dim, count=len(labels))
+                if (info.labels >= len(labels)).any() or len(np.unique(info.labels)) != len(labels):
+                    raise ValueError(f"{path}: its labels are not 0 .. {len(labels) - 1}, each once")
+                if not np.array_equal(info.deleted, labels[info.labels.astype(np.int64)] < 0):
+                    raise ValueError(f"{path}: its deletion marks do not match hnsw.npz")
         for b in range(n_batch):
             g = self._new_graph(b, path=os.path.join(directory, f"hnsw_{b}.bin"),
                                 label_row=label_row[lo[b]:lo[b + 1]])
             live = np.flatnonzero(g.label_row[: g.next_label] >= 0)
             self.row_label[b, g.label_row[live]] = live + 1
             self.graphs[b] = g
+            if migrating[b]:
+                old = self._new_graph(b, path=os.path.join(directory, f"hnsw_old_{b}.bin"),
+                                      label_row=old_row[oo[b]:oo[b + 1]])
+                live = np.flatnonzero(old.label_row[: old.next_label] >= 0)
+                self.row_label[b, old.label_row[live]] = -(live + 1)
+                self.old[b], self.pending[b] = old, pending[po[b]:po[b + 1]].copy()
         pad = np.full((len(self.graphs), max(1, int(buffer_counts.max(initial=0)))), -1, np.int64)
         for b in range(len(self.graphs)):
             pad[b, : buffer_counts[b]] = buffer[bo[b]:bo[b + 1]]
@@ -356,19 +438,28 @@ class HNSWIndex(Index):
 
     def reset(self):
         for b, g in enumerate(self.graphs):
-            rows = g.label_row[: g.next_label]
-            self.row_label[b, rows[rows >= 0]] = 0
+            for graph in (g, self.old[b]):
+                if graph is not None:
+                    rows = graph.label_row[: graph.next_label]
+                    self.row_label[b, rows[rows >= 0]] = 0
+            self.old[b] = self.pending[b] = None
             buf = self.buffer
             buf.counts[b] = rowset_clear(buf.flags[b], buf.members[b], buf.counts[b])
             if g.next_label:  # a graph that never held a row is kept: init_index costs ~1.5 ms
                 self.graphs[b] = self._new_graph(b)
         self.flush_at[:] = self.flush_rows
 
+    def _all_graphs(self):
+        return [g for g in self.graphs + self.old if g is not None]
+
     def __len__(self):
-        return sum(g.live for g in self.graphs) + len(self.buffer)
+        return sum(g.live for g in self._all_graphs()) + len(self.buffer)
 
     def stats(self):
-        """Live labels, deleted labels, hot (buffered) rows, rebuilds and vectors inserted into
-        hnswlib (rebuilds included), summed over the batch."""
-        return dict(live=sum(g.live for g in self.graphs), deleted=sum(g.deleted for g in self.graphs),
-                    buffered=len(self.buffer), rebuilds=self.rebuilds, inserted=self.inserted)
+        """Live labels, deleted labels (both graphs of a rebuild in progress), hot (buffered)
+        rows, rebuilds finished, rows a rebuild in progress has still to look at, and vectors
+        inserted into hnswlib (rebuilds included), summed over the batch."""
+        return dict(live=sum(g.live for g in self._all_graphs()),
+                    deleted=sum(g.deleted for g in self._all_graphs()), buffered=len(self.buffer),
+                    rebuilds=self.rebuilds, pending=sum(0 if p is None else len(p) for p in self.pending),
+                    inserted=self.inserted)
