@@ -6,7 +6,9 @@ Metrics go to ``OUT/metrics.csv`` and ``OUT/curve.png``; checkpoints to ``OUT/ch
 (written atomically, with a sha256 of its contents: see :func:`save_checkpoint`). ``--resume``
 continues a run exactly where its checkpoint left it (model, optimiser, curriculum, random
 streams); the arguments that define the run (``RUN_ARGS``) must be the checkpoint's, those in
-``RESUMABLE_ARGS`` may change, and both default to the checkpoint's when left out. A lock file
+``RESUMABLE_ARGS`` may change, and both default to the checkpoint's when left out (one
+exception: ``--max-level`` may rise with the curriculum, where the model's shape does not
+depend on it, so that a run goes on to longer episodes). A lock file
 in ``OUT`` keeps a second run out of a folder in use. Ctrl-C finishes the episode and saves; a
 second Ctrl-C abandons the episode at once and saves the state before it.
 """
@@ -230,6 +232,15 @@ def _default_max_level(task):
     return make_task(task).max_level
 
 
+def _same_shapes(saved, old, new):
+    """True if the task of the run ``saved`` (its arguments) has the same input and output
+    sizes at hardest level ``new`` as at ``old`` (then its model fits both)."""
+    if saved.get("task") in DATA_TASKS or saved.get("task") not in MAX_LEVEL_PARAM:
+        return False  # Omniglot's labels are its maximum: the output grows with it
+    a, b = (task_of(argparse.Namespace(**{**saved, "max_level": n}), seed=0) for n in (old, new))
+    return (a.input_size, a.output_size) == (b.input_size, b.output_size)
+
+
 def resolve_args(args, saved=None):
     """The run's arguments: ``args`` with the arguments left out (None) filled in.
 
@@ -245,7 +256,7 @@ def resolve_args(args, saved=None):
             if given.get(key) is None:
                 setattr(out, key, TASK_DEFAULTS.get(task, {}).get(key, value))
         return out, {}
-    mismatches = []
+    mismatches, changed = [], {}
     for key in RUN_ARGS:
         old = _effective(key, saved.get(key))
         new = given.get(key)
@@ -254,7 +265,12 @@ def resolve_args(args, saved=None):
             continue
         if key == "max_level":  # None is the task's own hardest level
             task = _effective("task", saved.get("task"))
-            same = (old if old is not None else _default_max_level(task)) == new
+            old = old if old is not None else _default_max_level(task)
+            same = old == new
+            curriculum = _effective("curriculum", saved.get("curriculum"))
+            if new > old and curriculum and _same_shapes(saved, old, new):
+                changed[key] = [old, new]  # the curriculum's cap rises: the run goes on to longer episodes
+                continue
         else:
             same = old == new
         if not same:
@@ -265,8 +281,9 @@ def resolve_args(args, saved=None):
             mismatches.append(f"{shown} (the checkpoint's run has {had})")
     if mismatches:
         raise ValueError("--resume: arguments differ from the checkpoint's run: " + "; ".join(mismatches)
-                         + " (leave them out to take the checkpoint's, or start a new run in another --out)")
-    changed = {}
+                         + " (leave them out to take the checkpoint's, or start a new run in another --out;"
+                         " --max-level may only rise, with the curriculum, on a task whose input and "
+                         "output do not depend on it)")
     for key in RESUMABLE_ARGS:
         old = _effective(key, saved.get(key))
         new = given.get(key)
@@ -615,6 +632,8 @@ def _run(args, ck, changed, ckpt_path, world=_ONE_RANK, threads_given=True):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             curriculum.load_state_dict(ck["curriculum"])
+            if task.max_level > curriculum.max_level:  # --max-level raised on --resume
+                curriculum.max_level, curriculum.solved_at_max = task.max_level, 0
             task.rng.bit_generator.state = ck["task_rng"]
             levels.bit_generator.state = ck["level_rng"]
             torch.set_rng_state(ck["torch_rng"])
@@ -886,7 +905,8 @@ def add_arguments(p):
     p.add_argument("--batch", type=positive, help=_with_default("batch"))
     p.add_argument("--max-level", type=positive,
                    help="the task's hardest level: copy length (20), recall items (6), sort keys (20), "
-                        "follow items (16), omniglot characters (100)")
+                        "follow items (16), omniglot characters (100); with --resume it may rise (the "
+                        "curriculum goes on to longer episodes), except for omniglot")
     p.add_argument("--data", help="babi: the folder of qa{N}_*_{train,test}.txt (tasks_1-20_v1-2/en-10k); "
                                   "omniglot: the folder holding images_background and images_evaluation")
     p.add_argument("--steps", type=positive, help=_with_default("steps", "episodes (optimiser steps)"))

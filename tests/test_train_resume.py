@@ -96,7 +96,7 @@ MISMATCHES = [  # (arguments given to --resume, the mismatches its one line name
     (["--batch", "3"], ["--batch 3"]),
     (["--seed", "1"], ["--seed 1"]),
     (["--no-curriculum"], ["--no-curriculum (the checkpoint's run has --curriculum)"]),
-    (["--max-level", "4"], ["--max-level 4 (the checkpoint's run has 3)"]),
+    (["--max-level", "2"], ["--max-level 2 (the checkpoint's run has 3)"]),  # it may only rise
     (["--patience", "7"], ["--patience 7"]),
     (["--momentum", "0.5"], ["--momentum 0.5"]),
     (["--model", "dam", "--slots", "64", "--hidden", "16", "--steps", "9"],
@@ -264,3 +264,21 @@ def test_two_sigints_to_a_running_train(tmp_path, capsys):
     assert main(["train", "--steps", str(episode + 3), "--out", str(out), "--resume", *TINY]) == 0
     assert_same_run(ref, out)
     assert second[0] == 2 and "is in use by another samcpu train run" in one_line(second[1])
+
+
+def test_a_resume_may_raise_the_curriculums_cap(tmp_path, base_run, capsys):
+    """--max-level may rise on --resume (the curriculum goes on to harder levels with the same
+    model), is recorded as a change, and is still refused where the model's shape depends on it
+    or without the curriculum."""
+    run = tmp_path / "raised"
+    shutil.copytree(base_run, run)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--max-level", "6"]) == 0
+    ck = train.load_checkpoint(str(run / "checkpoint.pt"))
+    assert ck["args"]["max_level"] == 6 and ck["curriculum"]["max_level"] == 6
+    assert ck["resumes"][-1] == dict(episode=4, changed=dict(steps=[4, 8], max_level=[3, 6]))
+    assert "--max-level 6 (was 3)" in capsys.readouterr().out
+    fixed = tmp_path / "fixed"
+    assert main(["train", *TINY, "--no-curriculum", "--steps", "2", "--out", str(fixed)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(fixed), "--resume", "--steps", "4", "--max-level", "6"]) == 2
+    assert "--max-level 6 (the checkpoint's run has 3)" in one_line(capsys.readouterr().err)
