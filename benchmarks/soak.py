@@ -21,7 +21,7 @@ What is measured
   - step time: each mem.step call, wall clock (time.perf_counter_ns) and CPU time of the
     process (time.process_time_ns, all threads: what the step costs even when other processes
     share the machine), input generation not included; per window of --window steps: median,
-    p99 and mean (us), and the 1-minute load average at the window's end.
+    p99, mean and max (us), and the 1-minute load average at the window's end.
   - RSS (samcpu._util.rss_bytes) at the end of every window, and the journal's largest size
     in the window.
   - recall@K: every --sample-every steps, the K rows the step read (StepResult.rows) against
@@ -110,7 +110,8 @@ def main(argv=None):
     started = time.perf_counter()
     print(f"soak: N={args.slots:,d} B={B} W={W} H={H} K={K} hnsw, {args.steps:,d} steps, save/load every "
           f"{args.every:,d}", flush=True)
-    header = (f"{'step':>9} {'median us':>10} {'p99 us':>9} {'mean us':>9} {'cpu med':>8} {'cpu mean':>9} "
+    header = (f"{'step':>9} {'median us':>10} {'p99 us':>9} {'mean us':>9} {'max ms':>8} {'cpu med':>8} "
+              f"{'cpu mean':>9} "
               f"{'recall@K':>9} {'RSS MiB':>8} {'load':>5}")
     print(header, flush=True)
     try:
@@ -145,6 +146,7 @@ def main(argv=None):
                 cpu = np.asarray(cpu_times, np.float64) / 1e3
                 win = dict(step=t, steps=len(times), median_us=float(np.median(us)),
                            p99_us=float(np.percentile(us, 99)), mean_us=float(us.mean()),
+                           max_us=float(us.max()),
                            cpu_median_us=float(np.median(cpu)), cpu_mean_us=float(cpu.mean()),
                            load_avg=os.getloadavg()[0],
                            recall=float(np.mean(recalls)) if recalls else None, recall_samples=len(recalls),
@@ -153,6 +155,7 @@ def main(argv=None):
                 windows.append(win)
                 rec = "n/a" if win["recall"] is None else f"{win['recall']:.3f}"
                 print(f"{t:>9,d} {win['median_us']:>10.0f} {win['p99_us']:>9.0f} {win['mean_us']:>9.0f} "
+                      f"{win['max_us'] / 1e3:>8.0f} "
                       f"{win['cpu_median_us']:>8.0f} {win['cpu_mean_us']:>9.0f} {rec:>9} "
                       f"{win['rss_bytes'] / 2**20:>8.0f} {win['load_avg']:>5.1f}", flush=True)
                 times, cpu_times, recalls, journal_peak = [], [], [], 0
@@ -203,6 +206,7 @@ def write(args, argv, windows, saves, started, complete):
         rss_mib_last_window=windows[-1]["rss_bytes"] / 2**20,
         recall_first_window=recall[0] if recall else None, recall_last_window=recall[-1] if recall else None,
         recall_min_window=min(recall) if recall else None, loads_equal=all(s["equal"] for s in saves),
+        max_step_ms=max(w.get("max_us", 0.0) for w in windows) / 1e3,
         saves=len(saves))
     command = "python benchmarks/soak.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = dict(benchmark="soak", command=command,
