@@ -7,5 +7,7 @@ DELTA = 0.005
 #: numba options for serial kernels and for kernels that use ``prange``.
 NJIT = dict(cache=True, nogil=True)
 NJIT_PARALLEL = dict(cache=True, nogil=True, parallel=True)
+#: for float32 pre-filters whose error is bounded whatever the order of the sums
+NJIT_FAST = dict(cache=True, nogil=True, fastmath=True)
 #: rows per parallel block of the brute-force top-k scan.
 SCAN_BLOCK = 8192

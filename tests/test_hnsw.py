@@ -374,3 +374,51 @@ def test_a_memory_saved_during_a_rebuild_loads_and_goes_on_exactly(tmp_path):
     assert a.index.rebuilds > 0
     a.index.finish_rebuilds()
     assert all(g is None for g in a.index.old) and a.index.stats()["pending"] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_large_hot_tier_scored_in_float32_first_still_answers_exactly(dtype):
+    """Thousands of hot rows (no graph at all): the float32 pre-filter of the hot tier must
+    keep every row of the exact top K, near-ties and identical rows included."""
+    rng = np.random.default_rng(31)
+    opts = dict(flush_rows=100_000, num_threads=1)
+    a = samcpu.SparseMemory(2, 3000, 8, num_heads=3, k=4, index="hnsw", index_options=opts, dtype=dtype)
+    b = samcpu.SparseMemory(2, 3000, 8, num_heads=3, k=4, index="exact", dtype=dtype)
+    pool = rng.normal(size=(6, 8))  # identical rows: exact ties, broken by the lower row
+    for t in range(300):
+        q, s, add, wg, ig = random_step_inputs(rng, 2, 3, 8, pool if t % 3 == 0 else None)
+        if t % 5 == 0 and t:  # a query a hair away from a stored row: near-ties at the top
+            q = a.memory[:, rng.integers(0, 3 * t, size=3)] * (1 + 1e-7)
+        x, y = a.step(q, s, add, wg, ig), b.step(q, s, add, wg, ig)
+        np.testing.assert_array_equal(x.rows, y.rows, err_msg=f"step {t + 1}")
+    assert a.index.stats()["live"] == 0 and len(a.index.buffer) > 500  # all hot: the float32 path ran
+
+
+def test_hot_candidates_keep_every_row_of_the_exact_top_k():
+    from samcpu.kernels.candidates import hot_add, hot_candidates, hot_margin
+
+    rng = np.random.default_rng(32)
+    n, w, k = 3000, 16, 8
+    memory = rng.normal(size=(n, w))
+    memory[100:200] = memory[100] * rng.uniform(0.5, 2.0, size=(100, 1))  # same direction: equal cosines
+    memory[300:400] = memory[300] + 1e-9 * rng.normal(size=(100, w))  # near-ties
+    flags, slot = np.zeros(n, np.uint8), np.zeros(n, np.int64)
+    members, unit = np.zeros(n, np.int64), np.zeros((n, w), np.float32)
+    rows = rng.permutation(n)
+    count = hot_add(flags, members, 0, slot, unit, memory, rows, EPS)
+    assert count == n and (members == rows).all()
+    huge = np.zeros_like(unit)  # values whose squares overflow float32: the copy is scaled in float64
+    hot_add(np.zeros(n, np.uint8), np.zeros(n, np.int64), 0, np.zeros(n, np.int64), huge, memory * 1e30,
+            rows, EPS)
+    np.testing.assert_allclose(huge, unit, rtol=1e-6, atol=1e-7)
+    for queries in (rng.normal(size=(4, w)), memory[[100, 300, 5, 7]].copy()):
+        got, m = hot_candidates(unit, members, count, queries, k, EPS, hot_margin(w))
+        got = set(got[:m].tolist())
+        qn = np.sqrt((queries ** 2).sum(1) + EPS)
+        mn = np.sqrt((memory ** 2).sum(1) + EPS)
+        sims = queries @ memory.T / qn[:, None] / mn[None]
+        for h in range(len(queries)):
+            kth = np.sort(sims[h])[::-1][k - 1]
+            want = set(np.flatnonzero(sims[h] >= kth - 1e-12).tolist())
+            assert want <= got, (h, sorted(want - got))
+        assert m < n  # a pre-filter: most rows are left out

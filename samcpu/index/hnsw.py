@@ -28,7 +28,8 @@ import numpy as np
 from .._storage import lazy_zeros
 from .._util import check_int
 from ..config import EPS
-from ..kernels import rescore_candidates, rowset_add, rowset_clear
+from ..kernels import rescore_candidates, rowset_clear
+from ..kernels.candidates import batch_hot_add, hot_add, hot_margin
 from .base import Index, RowSet
 
 
@@ -128,6 +129,11 @@ class HNSWIndex(Index):
         # a row's live label: label + 1 in graphs[b], -(label + 1) in old[b] (a rebuild's), 0: none
         self.row_label = lazy_zeros((b, n), np.int64)
         self.buffer = RowSet(b, n, capacity=2 * flush_rows)  # the hot tier: scanned exactly by every query
+        # the hot tier's float32 copy (row / ||row||_eps, by place in buffer.members) and each
+        # member's place: a query scores the hot rows in float32 first (kernels.candidates)
+        self.hot_slot = lazy_zeros((b, n), np.int64)
+        self.hot_unit = np.zeros((b, self.buffer.members.shape[1], memory.shape[2]), np.float32)
+        self.margin = hot_margin(memory.shape[2])
         self.last_write = lazy_zeros((b, n), np.int64)  # the update() count at a row's last write
         self.clock = 0
         self.flush_at = np.full(b, flush_rows, np.int64)  # hot rows at which element b flushes
@@ -167,14 +173,30 @@ class HNSWIndex(Index):
         self.invalidate(rows)
 
     def invalidate(self, rows):
-        self.buffer.add(rows)
+        self._hot_add(rows)
+
+    def _hot_add(self, rows):
+        """Add ``rows`` (B, R) (-1 padded) to the hot tier, refreshing the float32 copy of each
+        (their contents changed)."""
+        rows = np.asarray(rows, np.int64)
+        buf = self.buffer
+        need = int(buf.counts.max(initial=0)) + rows.shape[1]
+        if need > buf.members.shape[1]:
+            cap = max(need, 2 * buf.members.shape[1])
+            members = np.zeros((buf.members.shape[0], cap), np.int64)
+            members[:, : buf.members.shape[1]] = buf.members
+            unit = np.zeros((buf.members.shape[0], cap, self.hot_unit.shape[2]), np.float32)
+            unit[:, : self.hot_unit.shape[1]] = self.hot_unit
+            buf.members, self.hot_unit = members, unit
+        batch_hot_add(buf.flags, buf.members, buf.counts, self.hot_slot, self.hot_unit, self.memory, rows,
+                      EPS)
 
     def remove(self, rows):
         """Delete the graph labels of ``rows`` (B, R) now (``mark_deleted``, about 1 us each)
         instead of at the next flush; the rows go to the exact buffer, so one that is not zero
         after all is still found and re-indexed at the next flush."""
         rows = np.asarray(rows, np.int64)
-        self.buffer.add(rows)  # first: whatever happens below, the rows stay findable
+        self._hot_add(rows)  # first: whatever happens below, the rows stay findable
         for b in range(len(self.graphs)):
             r = np.unique(rows[b][rows[b] >= 0])  # a label is deleted once
             self._drop_labels(b, r)
@@ -211,7 +233,7 @@ class HNSWIndex(Index):
             buf = self.buffer
             rescore_candidates(self.memory[b], cand[b], buf.flags[b], buf.members[b],
                                buf.counts[b], w.flags[b], w.hints[b], queries[b], k, EPS,
-                               rows[b], sims[b])
+                               rows[b], sims[b], self.hot_unit[b], self.margin)
 
         self._each(search)
         return rows, sims
@@ -258,7 +280,8 @@ class HNSWIndex(Index):
         g.insert(vals[insert], rows[insert], self.row_label[b])
         self.inserted += int(insert.sum())
         rowset_clear(buf.flags[b], buf.members[b], count)
-        buf.counts[b] = rowset_add(buf.flags[b], buf.members[b], 0, rows[hot | ~nonzero])
+        buf.counts[b] = hot_add(buf.flags[b], buf.members[b], 0, self.hot_slot[b], self.hot_unit[b],
+                                self.memory[b], rows[hot | ~nonzero], EPS)
         self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.flush_rows - self.flush_rows // 2)
         if self.old[b] is not None:
             self._migrate(b, max(self.flush_rows, self.migrate * int(cool.sum())))
@@ -430,7 +453,7 @@ class HNSWIndex(Index):
         if not order:
             self.update(pad)
             return
-        self.buffer.add(pad)
+        self._hot_add(pad)
         for b in range(n_batch):
             self.last_write[b, buffer[bo[b]:bo[b + 1]]] = order["hot_last_write"][bo[b]:bo[b + 1]]
         self.clock = int(order["clock"][0])
