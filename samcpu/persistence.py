@@ -35,7 +35,11 @@ from . import kernels as K
 from ._util import atomic_write, fsync_dir
 from .memory import MAX_STEPS, MemoryFileError, check_index, check_settings
 
-FORMAT_VERSION = 2
+#: the format saves are written in; 3 can hold an HNSW rebuild in progress (a second graph and
+#: its rows), which a reader of format 2 would silently drop
+FORMAT_VERSION = 3
+#: the formats this version reads (a format-2 save has no rebuild in progress)
+READABLE_FORMATS = (2, 3)
 META = "meta.json"
 LOCK = ".samcpu.lock"
 MARKER = ".samcpu-data"
@@ -101,9 +105,9 @@ def read_meta(directory):
         raise MemoryFileError(f"cannot read the saved memory in {directory!r}: {e}") from None
     if not isinstance(meta, dict) or "format" not in meta:
         raise MemoryFileError(f"{path} is not a samcpu memory (no format)")
-    if meta["format"] != FORMAT_VERSION:
+    if meta["format"] not in READABLE_FORMATS or isinstance(meta["format"], bool):
         raise MemoryFileError(f"{path} is a samcpu memory of format {meta['format']!r}; this version "
-                              f"reads format {FORMAT_VERSION}")
+                              f"reads formats {', '.join(map(str, READABLE_FORMATS))}")
     body = {key: value for key, value in meta.items() if key != "sha256"}
     try:
         digest = hashlib.sha256(_canonical(body)).hexdigest()

@@ -7,8 +7,8 @@ Metrics go to ``OUT/metrics.csv`` and ``OUT/curve.png``; checkpoints to ``OUT/ch
 continues a run exactly where its checkpoint left it (model, optimiser, curriculum, random
 streams); the arguments that define the run (``RUN_ARGS``) must be the checkpoint's, those in
 ``RESUMABLE_ARGS`` may change, and both default to the checkpoint's when left out (one
-exception: ``--max-level`` may rise with the curriculum, where the model's shape does not
-depend on it, so that a run goes on to longer episodes). A lock file
+exception: ``--max-level`` may rise with the curriculum on copy, recall and follow, so that a
+run goes on to longer episodes at the learning rate it had reached). A lock file
 in ``OUT`` keeps a second run out of a folder in use. Ctrl-C finishes the episode and saves; a
 second Ctrl-C abandons the episode at once and saves the state before it.
 """
@@ -232,12 +232,20 @@ def _default_max_level(task):
     return make_task(task).max_level
 
 
-def _same_shapes(saved, old, new):
-    """True if the task of the run ``saved`` (its arguments) has the same input and output
-    sizes at hardest level ``new`` as at ``old`` (then its model fits both)."""
-    if saved.get("task") in DATA_TASKS or saved.get("task") not in MAX_LEVEL_PARAM:
-        return False  # Omniglot's labels are its maximum: the output grows with it
-    a, b = (task_of(argparse.Namespace(**{**saved, "max_level": n}), seed=0) for n in (old, new))
+#: the tasks whose episodes at a level do not depend on the hardest level, and whose input and
+#: output sizes do not either (not sort: its outputs per episode scale with the maximum; not
+#: omniglot: its labels are the maximum), so --resume may raise --max-level
+RAISABLE = ("copy", "recall", "follow")
+
+
+def _may_raise(saved, old, new):
+    """True if the run ``saved`` (its arguments) may go on with hardest level ``new`` > ``old``."""
+    if saved.get("task") not in RAISABLE:
+        return False
+    try:
+        a, b = (task_of(argparse.Namespace(**{**saved, "max_level": n}), seed=0) for n in (old, new))
+    except ValueError:  # the new level is out of the task's range: refused as a mismatch
+        return False
     return (a.input_size, a.output_size) == (b.input_size, b.output_size)
 
 
@@ -268,7 +276,7 @@ def resolve_args(args, saved=None):
             old = old if old is not None else _default_max_level(task)
             same = old == new
             curriculum = _effective("curriculum", saved.get("curriculum"))
-            if new > old and curriculum and _same_shapes(saved, old, new):
+            if new > old and curriculum and _may_raise(saved, old, new):
                 changed[key] = [old, new]  # the curriculum's cap rises: the run goes on to longer episodes
                 continue
         else:
@@ -633,7 +641,9 @@ def _run(args, ck, changed, ckpt_path, world=_ONE_RANK, threads_given=True):
             opt.load_state_dict(ck["optimizer"])
             curriculum.load_state_dict(ck["curriculum"])
             if task.max_level > curriculum.max_level:  # --max-level raised on --resume
-                curriculum.max_level, curriculum.solved_at_max = task.max_level, 0
+                # the learning rate stays where the anneal had brought it (solved_at_max kept):
+                # a full rate on a model that solved its old maximum invites a relapse
+                curriculum.max_level = task.max_level
             task.rng.bit_generator.state = ck["task_rng"]
             levels.bit_generator.state = ck["level_rng"]
             torch.set_rng_state(ck["torch_rng"])
@@ -905,8 +915,8 @@ def add_arguments(p):
     p.add_argument("--batch", type=positive, help=_with_default("batch"))
     p.add_argument("--max-level", type=positive,
                    help="the task's hardest level: copy length (20), recall items (6), sort keys (20), "
-                        "follow items (16), omniglot characters (100); with --resume it may rise (the "
-                        "curriculum goes on to longer episodes), except for omniglot")
+                        "follow items (16), omniglot characters (100); with --resume it may rise for "
+                        "copy, recall and follow (the curriculum goes on to longer episodes)")
     p.add_argument("--data", help="babi: the folder of qa{N}_*_{train,test}.txt (tasks_1-20_v1-2/en-10k); "
                                   "omniglot: the folder holding images_background and images_evaluation")
     p.add_argument("--steps", type=positive, help=_with_default("steps", "episodes (optimiser steps)"))

@@ -430,7 +430,7 @@ def test_crafted_graph_files_are_refused_without_a_crash(tmp_path):
     subprocess, so a crash fails this test instead of killing pytest."""
     import hnswlib
 
-    mem = build(6)
+    mem = build(6, steps=145)  # saved during a rebuild
     mem.save(tmp_path / "good")
     graph = saved_file(tmp_path / "good", "hnsw_0.bin")
     blob = graph.read_bytes()
@@ -456,7 +456,7 @@ def test_crafted_graph_files_are_refused_without_a_crash(tmp_path):
         saved_file(crafted / name, "hnsw_0.bin").write_bytes(data)
         reseal(crafted / name)
     npz = dict(np.load(saved_file(tmp_path / "good", "hnsw.npz")))
-    assert npz["migrating"][0] == 1 and len(npz["pending"])  # saved during a rebuild: two graphs
+    assert npz["migrating"][0] == 1 and len(npz["old_live_rows"]) > 1  # saved during a rebuild: two graphs
     for name, change in [("buffer_out_of_range", dict(buffer=np.array([10**9]), buffer_counts=np.array([1]))),
                          ("label_row_out_of_range", dict(label_row=npz["label_row"] + 10**9)),
                          ("label_counts_wrong", dict(label_counts=npz["label_counts"] + 3)),
@@ -465,7 +465,13 @@ def test_crafted_graph_files_are_refused_without_a_crash(tmp_path):
                          ("pending_without_rebuild", dict(migrating=np.array([0]))),
                          ("pending_out_of_range", dict(pending=npz["pending"] + 10**9)),
                          ("old_label_row_out_of_range", dict(old_label_row=npz["old_label_row"] + 10**9)),
-                         ("migrating_not_a_flag", dict(migrating=np.array([2])))]:
+                         ("migrating_not_a_flag", dict(migrating=np.array([2]))),
+                         ("old_rows_not_pending", dict(pending=npz["pending"][:1],
+                                                       pending_counts=np.array([1]))),
+                         ("old_rows_wrong_labels", dict(old_live_labels=npz["old_live_labels"] + 1)),
+                         ("old_rows_repeated", dict(old_live_rows=np.repeat(npz["old_live_rows"], 2),
+                                                    old_live_labels=np.repeat(npz["old_live_labels"], 2),
+                                                    old_live_counts=2 * npz["old_live_counts"]))]:
         shutil.copytree(tmp_path / "good", crafted / name)
         with open(saved_file(crafted / name, "hnsw.npz"), "wb") as f:
             np.savez(f, **dict(npz, **change))
@@ -485,3 +491,29 @@ def test_crafted_graph_files_are_refused_without_a_crash(tmp_path):
     random_outcomes = [what for name, what in out.items() if name.startswith("random_")]
     assert all(w == "loaded" or w.startswith("refused: ") for w in random_outcomes)
     assert sum(w != "loaded" for w in random_outcomes) >= 20  # most damage is caught
+
+
+def test_a_format_2_save_still_loads(rng, tmp_path):
+    """Format 3 (an HNSW rebuild in progress can be saved) reads format-2 saves, which hold
+    none; a format this version does not know is refused by name."""
+    mem = build(3)
+    mem.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["format"] == samcpu.persistence.FORMAT_VERSION == 3
+    npz = dict(np.load(saved_file(tmp_path / "m", "hnsw.npz")))
+    rebuild = ("migrating", "old_label_row", "old_label_counts", "pending", "pending_counts", "old_live_rows",
+               "old_live_counts", "old_live_labels")
+    for format_, keep in ((2, False), (4, True)):
+        folder = tmp_path / f"f{format_}"
+        shutil.copytree(tmp_path / "m", folder)
+        with open(saved_file(folder, "hnsw.npz"), "wb") as f:
+            np.savez(f, **{k: v for k, v in npz.items() if keep or k not in rebuild})
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps(dict(meta, format=format_)))
+        reseal(folder)
+    old = samcpu.SparseMemory.load(tmp_path / "f2")
+    assert old.index.stats()["live"] == mem.index.stats()["live"]
+    x = random_step_inputs(rng, 1, 2, 8, None, np.float32)
+    np.testing.assert_array_equal(old.step(*x).rows, mem.step(*x).rows)
+    with pytest.raises(samcpu.MemoryFileError, match="format 4"):
+        samcpu.SparseMemory.load(tmp_path / "f4")

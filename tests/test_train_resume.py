@@ -282,3 +282,14 @@ def test_a_resume_may_raise_the_curriculums_cap(tmp_path, base_run, capsys):
     capsys.readouterr()
     assert main(["train", "--out", str(fixed), "--resume", "--steps", "4", "--max-level", "6"]) == 2
     assert "--max-level 6 (the checkpoint's run has 3)" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("task, ok", [("copy", True), ("recall", True), ("follow", True), ("sort", False),
+                                      ("omniglot", False), ("babi", False)])
+def test_which_tasks_may_raise_their_hardest_level(task, ok):
+    """sort's outputs per episode scale with its maximum, omniglot's labels are its maximum and
+    babi has no levels: raising --max-level would change their episodes or their model."""
+    saved = dict(task=task, max_level=8, data=None, hops=None)
+    assert train._may_raise(saved, 8, 16) is ok
+    if task == "follow":  # beyond what its items can number: refused (as a mismatch naming --max-level)
+        assert not train._may_raise(saved, 8, 10**9)

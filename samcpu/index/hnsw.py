@@ -14,9 +14,12 @@ over-fetch from hnswlib and re-score every candidate exactly against the live me
 
 When deleted labels outnumber live ones the graph is rebuilt, spread over the next flushes
 instead of in one step (which took about 150 s at 1e6 rows): a new, empty graph takes every
-insert from then on, and each flush also moves a chunk of the old graph's live rows into it
+insert from then on, and each flush also moves a chunk of the old graph's rows into it
 (``migrate`` rows per row it cooled, at least ``flush_rows``); queries search both graphs until
-the old one is empty and dropped. A row has at most one live label, in one of the two graphs.
+every row has left the old one, which is then dropped. A row has at most one live label, in one
+of the two graphs. Nothing is deleted from the old graph while it drains (hnswlib walks deleted
+nodes, so a graph of mostly deleted nodes answers slowly): a row that left it may still come
+back from it as a candidate, and is re-scored exactly like any other.
 Batch elements run in parallel threads (hnswlib and the kernels release the GIL).
 """
 import os
@@ -140,6 +143,7 @@ class HNSWIndex(Index):
         self.graphs = [self._new_graph(i) for i in range(b)]
         self.old = [None] * b  # per batch element, the graph a rebuild is draining, or None
         self.pending = [None] * b  # the old graph's rows the rebuild has still to look at
+        self.old_live = np.zeros(b, np.int64)  # rows whose live label is in old[b]
         self.num_threads = max(1, min(num_threads, b))
         self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
         self.rebuilds = 0
@@ -202,12 +206,11 @@ class HNSWIndex(Index):
             self._drop_labels(b, r)
 
     def _drop_labels(self, b, rows):
-        """Delete the live labels of batch element b's ``rows`` (distinct), in whichever graph
-        holds them."""
+        """Forget the live labels of batch element b's ``rows`` (distinct): deleted in the
+        current graph; in a draining old graph only forgotten (see the module's text)."""
         code = self.row_label[b, rows]
         self.graphs[b].delete(code[code > 0] - 1)
-        if self.old[b] is not None:
-            self.old[b].delete(-code[code < 0] - 1)
+        self.old_live[b] -= int((code < 0).sum())
         self.row_label[b, rows[code != 0]] = 0
 
     def query(self, queries, k):
@@ -296,30 +299,32 @@ class HNSWIndex(Index):
         rows = old.label_row[labels]
         self.row_label[b, rows] = -(labels + 1)
         self.graphs[b] = self._new_graph(b, capacity=max(self.capacity, 2 * len(rows)))
-        self.old[b], self.pending[b] = old, rows
-        if not len(rows):
-            self._migrate(b, 0)
+        self.old[b], self.pending[b], self.old_live[b] = old, rows, len(rows)
+        self._migrate(b, 0)  # nothing to move: dropped at once
 
     def _migrate(self, b, chunk):
-        """Move up to ``chunk`` of the old graph's pending rows into the new graph (their
-        current contents); hot rows are left to their cooling. With none pending, drop the old
-        graph: only hot rows can still have labels there."""
-        rows, self.pending[b] = self.pending[b][:chunk], self.pending[b][chunk:]
-        rows = rows[(self.row_label[b, rows] < 0) & (self.buffer.flags[b][rows] == 0)]
-        self._drop_labels(b, rows)
-        vals = np.asarray(self.memory[b, rows], np.float32)
-        self.graphs[b].insert(vals, rows, self.row_label[b])
-        self.inserted += len(rows)
-        if not len(self.pending[b]):
-            old = self.old[b]
-            left = old.label_row[: old.next_label]
-            self.row_label[b, left[left >= 0]] = 0
+        """Move ``chunk`` rows (or all that are left) whose live label is in the old graph into
+        the new one, their current contents; a hot row only forgets its old label (the hot
+        tier finds it, and its cooling inserts it). Pending rows that left the old graph by
+        themselves (rewritten and cooled, or erased) are skipped. Once no row is left there, the
+        old graph is dropped."""
+        moved, flags, pending = 0, self.buffer.flags[b], self.pending[b]
+        while moved < chunk and self.old_live[b] > 0 and len(pending):
+            rows, pending = pending[:2 * chunk], pending[2 * chunk:]
+            rows = rows[self.row_label[b, rows] < 0]
+            self._drop_labels(b, rows)
+            rows = rows[flags[rows] == 0]
+            self.graphs[b].insert(np.asarray(self.memory[b, rows], np.float32), rows, self.row_label[b])
+            self.inserted += len(rows)
+            moved += len(rows)
+        self.pending[b] = pending
+        if self.old_live[b] == 0:  # every row has left the old graph
             self.old[b] = self.pending[b] = None
             self.rebuilds += 1
 
     def finish_rebuilds(self):
         """Complete every rebuild in progress now (a bulk insert of the rows still pending)."""
-        self._each(lambda b: self.old[b] is not None and self._migrate(b, len(self.pending[b])))
+        self._each(lambda b: self.old[b] is not None and self._migrate(b, self.old_live[b]))
 
     def save(self, directory):
         """One hnswlib file per batch element plus ``hnsw.npz`` (labels, the hot tier with each
@@ -337,11 +342,18 @@ class HNSWIndex(Index):
         labels = [g.label_row[: g.next_label] for g in self.graphs]
         old = [np.empty(0, np.int64) if g is None else g.label_row[: g.next_label] for g in self.old]
         pending = [np.empty(0, np.int64) if p is None else p for p in self.pending]
+        # the rows whose live label is still in the old graph, and those labels
+        in_old = [np.empty(0, np.int64) if p is None else np.unique(p[self.row_label[b, p] < 0])
+                  for b, p in enumerate(self.pending)]
         arrays = dict(label_row=np.concatenate(labels),
                       label_counts=np.array([len(x) for x in labels], np.int64),
                       migrating=np.array([g is not None for g in self.old], np.int64),
                       old_label_row=np.concatenate(old), old_label_counts=np.array([len(x) for x in old]),
                       pending=np.concatenate(pending), pending_counts=np.array([len(x) for x in pending]),
+                      old_live_rows=np.concatenate(in_old),
+                      old_live_counts=np.array([len(x) for x in in_old]),
+                      old_live_labels=np.concatenate([-self.row_label[b, r] - 1
+                                                      for b, r in enumerate(in_old)]),
                       buffer=np.concatenate([self.buffer.rows(b) for b in range(len(self.graphs))]),
                       buffer_counts=self.buffer.counts.copy())
         arrays["hot_last_write"] = np.concatenate([self.last_write[b, self.buffer.rows(b)]
@@ -369,14 +381,16 @@ class HNSWIndex(Index):
             # the hot tier's order (saves before the two-tier index have none: rows restamped)
             order = {name: z[name] for name in ("hot_last_write", "clock", "flush_at") if name in z.files}
             # a rebuild in progress (saves before spread rebuilds have none)
-            names = ("migrating", "old_label_row", "old_label_counts", "pending", "pending_counts")
+            names = ("migrating", "old_label_row", "old_label_counts", "pending", "pending_counts",
+                     "old_live_rows", "old_live_counts", "old_live_labels")
             arr.update({name: z[name] for name in names if name in z.files})
         if any(name in arr for name in names) and not all(name in arr for name in names):
             raise ValueError(f"hnsw.npz: {', '.join(names)} go together")
         if "migrating" not in arr:
             arr.update(migrating=np.zeros(n_batch, np.int64), old_label_row=np.empty(0, np.int64),
                        old_label_counts=np.zeros(n_batch, np.int64), pending=np.empty(0, np.int64),
-                       pending_counts=np.zeros(n_batch, np.int64))
+                       pending_counts=np.zeros(n_batch, np.int64), old_live_rows=np.empty(0, np.int64),
+                       old_live_counts=np.zeros(n_batch, np.int64), old_live_labels=np.empty(0, np.int64))
         for name, a in arr.items():
             if a.dtype.kind not in "iu" or a.ndim != 1:
                 raise ValueError(f"hnsw.npz: {name} is not a vector of integers")
@@ -384,21 +398,26 @@ class HNSWIndex(Index):
         label_row, buffer, old_row = arr["label_row"], arr["buffer"], arr["old_label_row"]
         label_counts, buffer_counts, migrating = arr["label_counts"], arr["buffer_counts"], arr["migrating"]
         old_counts, pending, pending_counts = arr["old_label_counts"], arr["pending"], arr["pending_counts"]
+        in_old, in_old_counts = arr["old_live_rows"], arr["old_live_counts"]
+        in_old_labels = arr["old_live_labels"]
         if any(arr[k].shape != (n_batch,) for k in ("label_counts", "buffer_counts", "migrating",
-                                                     "old_label_counts", "pending_counts")):
+                                                     "old_label_counts", "pending_counts",
+                                                     "old_live_counts")):
             raise ValueError("hnsw.npz does not match the batch size")
         if any(counts.min() < 0 or counts.sum() != len(a) for counts, a in (
                 (label_counts, label_row), (buffer_counts, buffer), (old_counts, old_row),
-                (pending_counts, pending))):
+                (pending_counts, pending), (in_old_counts, in_old))) or in_old_labels.shape != in_old.shape:
             raise ValueError("hnsw.npz: the counts do not match the arrays")
-        if not np.isin(migrating, (0, 1)).all() or (old_counts[migrating == 0] != 0).any() or (
-                pending_counts[migrating == 0] != 0).any():
-            raise ValueError("hnsw.npz: migrating must be 0 or 1, and 0 has no old graph and no pending rows")
+        if not np.isin(migrating, (0, 1)).all() or any((c[migrating == 0] != 0).any() for c in (
+                old_counts, pending_counts, in_old_counts)) or (in_old_counts[migrating == 1] == 0).any():
+            raise ValueError("hnsw.npz: migrating must be 0 or 1; 0 has no old graph, no pending rows and no "
+                             "rows in an old graph, 1 has some")
         for a in (label_row, old_row):
             if a.size and (a.max() >= n or a.min() < -1):
                 raise ValueError("hnsw.npz holds rows outside the memory")
-        if pending.size and (pending.max() >= n or pending.min() < 0):
-            raise ValueError("hnsw.npz holds pending rows outside the memory")
+        for name, a in (("pending", pending), ("old_live_rows", in_old)):
+            if a.size and (a.max() >= n or a.min() < 0):
+                raise ValueError(f"hnsw.npz: {name} holds rows outside the memory")
         if buffer.size and (buffer.max() >= n or buffer.min() < 0):
             raise ValueError("hnsw.npz holds hot rows outside the memory")
         if order:
@@ -416,11 +435,23 @@ class HNSWIndex(Index):
         bo = np.concatenate([[0], np.cumsum(buffer_counts)])
         oo = np.concatenate([[0], np.cumsum(old_counts)])
         po = np.concatenate([[0], np.cumsum(pending_counts)])
+        io = np.concatenate([[0], np.cumsum(in_old_counts)])
         for b in range(n_batch):  # check everything before building anything
             graphs = [("hnsw", label_row[lo[b]:lo[b + 1]])]
+            live = label_row[lo[b]:lo[b + 1]]
+            live = live[live >= 0]
             if migrating[b]:
-                graphs.append(("hnsw_old", old_row[oo[b]:oo[b + 1]]))
-            live = np.concatenate([labels[labels >= 0] for _, labels in graphs])
+                old_labels = old_row[oo[b]:oo[b + 1]]
+                graphs.append(("hnsw_old", old_labels))
+                rows, labels = in_old[io[b]:io[b + 1]], in_old_labels[io[b]:io[b + 1]]
+                if ((labels < 0) | (labels >= len(old_labels))).any() or not np.array_equal(
+                        old_labels[np.clip(labels, 0, max(0, len(old_labels) - 1))], rows):
+                    raise ValueError(f"hnsw.npz: batch element {b}'s rows in the old graph do not match "
+                                     "its labels")
+                if not np.isin(rows, pending[po[b]:po[b + 1]]).all():
+                    raise ValueError(f"hnsw.npz: batch element {b} has rows in the old graph that are not "
+                                     "pending")
+                live = np.concatenate([live, rows])
             if len(np.unique(live)) != len(live):
                 raise ValueError(f"hnsw.npz: two live labels of batch element {b} name the same row")
             hot = buffer[bo[b]:bo[b + 1]]
@@ -444,9 +475,9 @@ class HNSWIndex(Index):
             if migrating[b]:
                 old = self._new_graph(b, path=os.path.join(directory, f"hnsw_old_{b}.bin"),
                                       label_row=old_row[oo[b]:oo[b + 1]])
-                live = np.flatnonzero(old.label_row[: old.next_label] >= 0)
-                self.row_label[b, old.label_row[live]] = -(live + 1)
+                self.row_label[b, in_old[io[b]:io[b + 1]]] = -(in_old_labels[io[b]:io[b + 1]] + 1)
                 self.old[b], self.pending[b] = old, pending[po[b]:po[b + 1]].copy()
+                self.old_live[b] = io[b + 1] - io[b]
         pad = np.full((len(self.graphs), max(1, int(buffer_counts.max(initial=0)))), -1, np.int64)
         for b in range(len(self.graphs)):
             pad[b, : buffer_counts[b]] = buffer[bo[b]:bo[b + 1]]
@@ -466,6 +497,7 @@ class HNSWIndex(Index):
                     rows = graph.label_row[: graph.next_label]
                     self.row_label[b, rows[rows >= 0]] = 0
             self.old[b] = self.pending[b] = None
+            self.old_live[b] = 0
             buf = self.buffer
             buf.counts[b] = rowset_clear(buf.flags[b], buf.members[b], buf.counts[b])
             if g.next_label:  # a graph that never held a row is kept: init_index costs ~1.5 ms
@@ -476,13 +508,14 @@ class HNSWIndex(Index):
         return [g for g in self.graphs + self.old if g is not None]
 
     def __len__(self):
-        return sum(g.live for g in self._all_graphs()) + len(self.buffer)
+        return sum(g.live for g in self.graphs) + int(self.old_live.sum()) + len(self.buffer)
 
     def stats(self):
         """Live labels, deleted labels (both graphs of a rebuild in progress), hot (buffered)
         rows, rebuilds finished, rows a rebuild in progress has still to look at, and vectors
         inserted into hnswlib (rebuilds included), summed over the batch."""
-        return dict(live=sum(g.live for g in self._all_graphs()),
-                    deleted=sum(g.deleted for g in self._all_graphs()), buffered=len(self.buffer),
+        return dict(live=sum(g.live for g in self.graphs) + int(self.old_live.sum()),
+                    deleted=sum(g.next_label for g in self._all_graphs()) - sum(g.live for g in self.graphs)
+                    - int(self.old_live.sum()), buffered=len(self.buffer),
                     rebuilds=self.rebuilds, pending=sum(0 if p is None else len(p) for p in self.pending),
                     inserted=self.inserted)
