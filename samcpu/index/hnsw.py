@@ -4,8 +4,10 @@ Per batch element one ``hnswlib.Index`` (cosine space) holds the cold rows: writ
 rows that have not been written for a while. Every write lands in the hot tier, a small set of
 rows that each query scans exactly, so a read always sees what the same step wrote, and a row
 written again and again costs nothing in the graph while it stays hot. When the hot tier has
-grown by ``flush_rows // 2`` rows it is flushed: the ``flush_rows // 2`` most recently written
-rows stay hot, the others cool into the graph, once. A cooling row that is still close to its
+reached ``flush_rows`` rows it is flushed: the ``cool_rows`` least recently written rows cool into
+the graph, once, the others stay hot. A large hot tier is cheap, since a query scores it in
+float32 first (:mod:`samcpu.kernels.candidates`), and it saves graph work: a row written again
+while hot costs nothing. A cooling row that is still close to its
 indexed vector (cosine >= ``stale_cos``) keeps its label; one that moved is re-inserted under a
 new label (labels are versions, not rows, because hnswlib's in-place update of a label costs
 about 20 inserts) and its old label is deleted (``mark_deleted``, about 1 us). Written rows that
@@ -15,7 +17,7 @@ over-fetch from hnswlib and re-score every candidate exactly against the live me
 When deleted labels outnumber live ones the graph is rebuilt, spread over the next flushes
 instead of in one step (which took about 150 s at 1e6 rows): a new, empty graph takes every
 insert from then on, and each flush also moves a chunk of the old graph's rows into it
-(``migrate`` rows per row it cooled, at least ``flush_rows``); queries search both graphs until
+(``migrate`` rows per row it cooled, at least ``cool_rows``); queries search both graphs until
 every row has left the old one, which is then dropped. A row has at most one live label, in one
 of the two graphs. Nothing is deleted from the old graph while it drains (hnswlib walks deleted
 nodes, so a graph of mostly deleted nodes answers slowly): a row that left it may still come
@@ -32,7 +34,7 @@ from .._storage import lazy_zeros
 from .._util import check_int
 from ..config import EPS
 from ..kernels import rescore_candidates, rowset_clear
-from ..kernels.candidates import batch_hot_add, hot_add, hot_margin
+from ..kernels.candidates import batch_hot_add, hot_compact, hot_margin
 from .base import Index, RowSet
 
 
@@ -95,27 +97,31 @@ class HNSWIndex(Index):
         query beam: recall@8 on Gaussian data rose from 0.899 to 0.933 against (16, 64, 32),
         the same on clustered data (benchmarks/index.py --recall-steps 4000; docs/hnsw.md)
     overfetch : candidates asked of hnswlib per query, beyond k
-    flush_rows : the hot tier's size per batch element: it is flushed when it has grown by
-        ``flush_rows // 2`` rows, keeping the ``flush_rows // 2`` most recently written
+    flush_rows : the hot tier's size per batch element: it is flushed when it holds this many
+        rows
+    cool_rows : the rows a flush cools (the least recently written), at most ``flush_rows // 2``
+        (then the ``flush_rows // 2`` most recently written stay hot)
     stale_cos : a cooling row is re-indexed when cos(indexed vector, content) is below this
     rebuild_ratio : a graph is rebuilt when its deleted labels outnumber ``rebuild_ratio`` times
         its live ones (each rebuild re-inserts the live rows: 1 / rebuild_ratio inserts per
         deletion, amortised)
     migrate : during a rebuild, the old graph's rows a flush moves into the new one, per row
-        the flush cooled (at least ``flush_rows`` per flush); higher finishes sooner (queries
+        the flush cooled (at least ``cool_rows`` per flush); higher finishes sooner (queries
         search two graphs meanwhile), lower spreads the work thinner
     num_threads : threads over the batch elements
     seed : hnswlib's random seed (level generation)
     """
 
     def __init__(self, memory, written, m=16, ef_construction=32, ef=48, overfetch=8,
-                 flush_rows=512, stale_cos=0.98, rebuild_ratio=1.0, migrate=4, num_threads=2, seed=0,
+                 flush_rows=8192, cool_rows=512, stale_cos=0.98, rebuild_ratio=1.0, migrate=4, num_threads=2,
+                 seed=0,
                  capacity=1024):
         super().__init__(memory, written)
         m, ef_construction, ef = (check_int(name, v) for name, v in
                                   (("m", m), ("ef_construction", ef_construction), ("ef", ef)))
         overfetch = check_int("overfetch", overfetch, minimum=0)
         flush_rows = check_int("flush_rows", flush_rows)
+        cool_rows = check_int("cool_rows", cool_rows)
         migrate = check_int("migrate", migrate)
         num_threads = check_int("num_threads", num_threads)
         capacity = check_int("capacity", capacity)
@@ -126,6 +132,7 @@ class HNSWIndex(Index):
                 raise ValueError(f"{name} must be a number {what}, got {v!r}")
         self.m, self.ef_construction, self.ef = m, ef_construction, ef
         self.overfetch, self.flush_rows, self.stale_cos = overfetch, flush_rows, stale_cos
+        self.cool_rows = min(cool_rows, max(1, flush_rows // 2))
         self.rebuild_ratio, self.migrate = rebuild_ratio, migrate
         self.seed, self.capacity = seed, capacity
         b, n, _ = memory.shape
@@ -170,7 +177,7 @@ class HNSWIndex(Index):
         # flush what earlier calls made hot first, so the rows of this step stay in the hot
         # tier for this step's query
         if (self.buffer.counts >= self.flush_at).any():
-            self._each(self._flush)
+            self._each(lambda b: self.buffer.counts[b] >= self.flush_at[b] and self._flush(b))
         self.clock += 1
         mask = rows >= 0
         self.last_write[np.nonzero(mask)[0], rows[mask]] = self.clock
@@ -246,7 +253,7 @@ class HNSWIndex(Index):
         self._each(lambda b: self._flush(b, keep_hot=0))
 
     def _flush(self, b, keep_hot=None):
-        """Cool batch element b's hot tier: the ``keep_hot`` (default ``flush_rows // 2``)
+        """Cool batch element b's hot tier: the ``keep_hot`` (default ``flush_rows - cool_rows``)
         most recently written non-zero rows stay hot, the other non-zero rows go into the graph
         (a row still close to its indexed vector keeps its label), zero rows stay hot and lose
         their labels."""
@@ -262,7 +269,7 @@ class HNSWIndex(Index):
         hot = np.zeros(count, bool)
         nz = np.flatnonzero(nonzero)
         if keep_hot is None:
-            keep_hot = self.flush_rows // 2
+            keep_hot = self.flush_rows - self.cool_rows
         if len(nz) <= keep_hot:
             hot[nz] = True
         elif keep_hot > 0:
@@ -282,13 +289,12 @@ class HNSWIndex(Index):
         self._drop_labels(b, rows[(code != 0) & ((cool & ~still) | ~nonzero)])
         g.insert(vals[insert], rows[insert], self.row_label[b])
         self.inserted += int(insert.sum())
-        rowset_clear(buf.flags[b], buf.members[b], count)
-        buf.counts[b] = hot_add(buf.flags[b], buf.members[b], 0, self.hot_slot[b], self.hot_unit[b],
-                                self.memory[b], rows[hot | ~nonzero], EPS)
-        self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.flush_rows - self.flush_rows // 2)
+        buf.counts[b] = hot_compact(buf.flags[b], buf.members[b], count, self.hot_slot[b], self.hot_unit[b],
+                                    hot | ~nonzero)
+        self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.cool_rows)
         if self.old[b] is not None:
-            self._migrate(b, max(self.flush_rows, self.migrate * int(cool.sum())))
-        elif g.deleted > max(self.rebuild_ratio * g.live, 4 * self.flush_rows):
+            self._migrate(b, max(self.cool_rows, self.migrate * int(cool.sum())))
+        elif g.deleted > max(self.rebuild_ratio * g.live, 4 * self.cool_rows):
             self._start_rebuild(b)
 
     def _start_rebuild(self, b):
@@ -488,7 +494,8 @@ class HNSWIndex(Index):
         for b in range(n_batch):
             self.last_write[b, buffer[bo[b]:bo[b + 1]]] = order["hot_last_write"][bo[b]:bo[b + 1]]
         self.clock = int(order["clock"][0])
-        self.flush_at[:] = np.minimum(order["flush_at"], self.buffer.counts + self.flush_rows)
+        self.flush_at[:] = np.minimum(order["flush_at"], np.maximum(self.flush_rows,
+                                                                    self.buffer.counts + self.cool_rows))
 
     def reset(self):
         for b, g in enumerate(self.graphs):

@@ -62,6 +62,24 @@ def hot_add(flags, members, count, slot, unit, memory, new_rows, eps):
 
 
 @nb.njit(**NJIT)
+def hot_compact(flags, members, count, slot, unit, keep):
+    """Keep the members ``i`` with ``keep[i]`` (in their order, with their float32 copies) and
+    drop the others from the buffer; returns the new count."""
+    c = 0
+    for i in range(count):
+        r = members[i]
+        if keep[i]:
+            members[c] = r
+            slot[r] = c
+            if c != i:
+                unit[c] = unit[i]
+            c += 1
+        else:
+            flags[r] = 0
+    return c
+
+
+@nb.njit(**NJIT)
 def batch_hot_add(flags, members, counts, slot, unit, memory, new_rows, eps):
     """:func:`hot_add` for every batch element: flags, slot (B, N), members (B, cap), counts
     (B,) updated in place, unit (B, cap, W), memory (B, N, W), new_rows (B, R) -1 padded."""
