@@ -288,7 +288,7 @@ def test_hot_tier_keeps_the_most_recently_written_rows_and_indexes_a_row_once():
 @pytest.mark.parametrize("option, value", [
     ("m", 0), ("ef", 1.5), ("ef_construction", True), ("overfetch", -1), ("flush_rows", 0),
     ("num_threads", 0), ("capacity", "8"), ("stale_cos", "0.9"), ("stale_cos", float("nan")),
-    ("rebuild_ratio", 0), ("rebuild_ratio", float("inf"))])
+    ("rebuild_ratio", 0), ("rebuild_ratio", float("inf")), ("cool_rows", 0), ("migrate", -1)])
 def test_bad_index_option_values_are_refused_by_name(option, value):
     with pytest.raises(ValueError, match=option):
         samcpu.SparseMemory(1, 100, 4, index="hnsw", index_options={option: value})
