@@ -893,6 +893,98 @@ def generic_section(src):
     return out
 
 
+def generalise_section(src):
+    """generalise.json: trained recall runs forward on far longer episodes (the paper's Figure 8)."""
+    rows = []
+    for _, r in src.rows("runs"):
+        for x in r.get("lengths") or []:
+            ms = x.get("ms_per_step") or []
+            rows.append([f"seed {num(r.get('seed'), 0)}", num(r.get("episodes"), 0),
+                         num(r.get("trained_max_steps"), 0), num(x.get("steps"), 0),
+                         f"{num(x.get('bits_error'), 2)} ± {num(x.get('bits_error_se'), 2)}",
+                         num(x.get("chance"), 1), num(x.get("sequences"), 0),
+                         num(sorted(ms)[len(ms) // 2], 2) if ms else "n/a",
+                         num(sum(x.get("wall_s") or []) / 60, 1), num(x.get("rows_written"), 0)])
+    out = table(["run", "episodes", "trained up to (steps)", "episode length (steps)",
+                 "bits error per sequence", "chance", "sequences", "ms/step", "minutes", "rows written"],
+                rows, "lrrrrrrrrr")
+    out += ["Forward only, the memory's journal dropped after every chunk of steps; fresh episodes drawn "
+            "with a seed no training run saw. Chance: half the answer's bits.", ""]
+    return out
+
+
+def _synthetic_run(src, where, r):
+    return [str(src.at(r, ["model"], where)).upper(), num(r.get("seed"), 0), num(r.get("episodes"), 0),
+            num(r.get("train_minutes"), 1), num(r.get("median_ms_per_step"), 2)]
+
+
+def synthetic_section(src):
+    """synthetic_tasks.json: bAbI-format error per task and Omniglot-layout one-shot error by
+    presentation, per model and seed, on SYNTHETIC data."""
+    out = ["**SYNTHETIC data.** Every figure in this section is on data made by samcpu's generators "
+           "(stories in the bAbI file format, stroke-drawn glyphs in Omniglot's folder layout): they are NOT "
+           "results on bAbI or Omniglot.", ""]
+    src.used.add("SYNTHETIC")
+    if src.get("args", "eval_only", note=False):
+        out += [f"Trained by: `{relpath(str(src.get('train_command')))}`; the command above collected "
+                "the runs' `eval.json` (written by `samcpu train` at the end of each run).", ""]
+    src.used.update({"synthetic", "wall_minutes", "data", "train_command"})
+    runs = src.rows("runs")
+    babi = [(w, r) for w, r in runs if r.get("task") == "babi"]
+    majority = src.get("babi_majority_answer_test_error", note=False)
+    if babi:
+        tasks = sorted({t for _, r in babi for t in (r.get("eval") or {}).get("per_task", {})}, key=int)
+        rows = []
+        for w, r in babi:
+            e = r.get("eval") or {}
+            per = e.get("per_task", {})
+            rows.append(_synthetic_run(src, w, r)
+                        + [num(100 * per[t]["error"], 1) if t in per else "n/a" for t in tasks]
+                        + [num(100 * e["mean_error"], 1) if "mean_error" in e else "n/a",
+                           num(e.get("failed_tasks"), 0), str(r.get("status", "n/a"))])
+        if isinstance(majority, dict):
+            rows.append(["most frequent training answer", "", "", "", ""]
+                        + [num(100 * majority[t], 1) if t in majority else "n/a" for t in tasks]
+                        + [num(100 * sum(majority.get(t, 0) for t in tasks) / max(1, len(tasks)), 1), "", ""])
+        out += ["bAbI-format stories (tasks " + ", ".join(tasks) + "), one question a story: test error "
+                "per task (%), one model trained on all of them.", ""]
+        out += table(["model", "seed", "episodes", "minutes", "ms/step"] + [f"task {t}" for t in tasks]
+                     + ["mean", "failed (> 5%)", "status"], rows, "l" + "r" * (len(tasks) + 6) + "l")
+        means = {}
+        for _, r in babi:
+            v = (r.get("eval") or {}).get("mean_error")
+            if isinstance(v, int | float):
+                means.setdefault(str(r.get("model")).upper(), []).append(100 * v)
+        out += [f"- {m}: mean test error over {len(v)} seeds {num(sum(v) / len(v), 1)}%"
+                for m, v in means.items()]
+        out.append("")
+    omni = [(w, r) for w, r in runs if r.get("task") == "omniglot"]
+    if omni:
+        width = max(len((r.get("eval") or {}).get("error_by_presentation", [])) for _, r in omni)
+        rows = []
+        for w, r in omni:
+            e = r.get("eval") or {}
+            by = e.get("error_by_presentation", [])
+            rows.append(_synthetic_run(src, w, r) + [num(e.get("characters"), 0)]
+                        + [num(100 * by[i], 0) if i < len(by) else "" for i in range(width)]
+                        + [num(100 * e["error_seen"], 1) if "error_seen" in e else "n/a",
+                           str(r.get("status", "n/a"))])
+        out += ["Omniglot-layout glyphs, one-shot episodes (n-way labels, each character shown 10 times): "
+                "test error (%) by presentation of the character, at the curriculum's level the run had "
+                "reached (characters per episode); 'seen' counts the 2nd presentation on (chance: 1 - "
+                "1/characters).",
+                ""]
+        out += table(["model", "seed", "episodes", "minutes", "ms/step", "characters"]
+                     + [str(i + 1) for i in range(width)] + ["seen", "status"], rows,
+                     "l" + "r" * (width + 6) + "l")
+    stem = os.path.dirname(src.path)
+    for task in ("babi", "omniglot"):
+        if os.path.exists(os.path.join(stem, f"synthetic_{task}.png")):
+            out.append(f"![SYNTHETIC {task}](../benchmarks/results/synthetic_{task}.png)")
+    out.append("")
+    return out
+
+
 def figure7_section(src):
     st = src.get("settings") or {}
     models = [m for m in st.get("models", ["sdnc", "dnc", "sam"]) if isinstance(m, str)]
@@ -1080,15 +1172,17 @@ SECTIONS = [
     ("soak.json", "Soak: SparseMemory over many steps", soak_section, None),
     ("distributed.json", "Training on more than one process (torchrun)", distributed_section,
      f"{PY} benchmarks/distributed.py --repeats 4"),
+    ("generalise.json", "Figure 8: associative recall on episodes far longer than trained",
+     generalise_section, f"{PY} benchmarks/generalise.py"),
+    ("synthetic_tasks.json", "SYNTHETIC bAbI-format and Omniglot-layout data: learning runs",
+     synthetic_section,
+     f"{PY} benchmarks/synthetic_tasks.py --models sdnc dam --minutes 15 15"),
 ]
 
 # Folders and files whose JSON may appear (other helpers' runs): a title and a line said first.
 EXTRA = [
     ("relapse/", "Copy relapse: ", "Runs of `benchmarks/relapse.py` (the copy task's relapses after it was "
      "solved, and the change against them). Each JSON's fields are listed as recorded."),
-    ("synthetic_tasks", "SYNTHETIC data: ", "**SYNTHETIC data**: these figures come from generated stand-ins "
-     "for the bAbI and Omniglot data sets, not from the real data sets, and say nothing about the "
-     "paper's results on them."),
 ]
 
 

@@ -74,12 +74,12 @@ def majority_error(folder):
     return out
 
 
-def curve(out):
-    """Episodes, training error (the CSV's ``error`` column: a share of wrong answers), seconds
-    and curriculum maximum of a run's metrics.csv."""
+def curve(out, columns=("episode", "error", "seconds", "max_level")):
+    """Columns of a run's metrics.csv (default: episodes, training error (a share of wrong
+    answers), seconds and curriculum maximum)."""
     with open(os.path.join(out, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
-    return tuple(np.array([float(r[k]) for r in rows]) for k in ("episode", "error", "seconds", "max_level"))
+    return tuple(np.array([float(r[k]) for r in rows]) for k in columns)
 
 
 def plot(task, runs, path):
@@ -162,8 +162,13 @@ def main():
             runs.append({**r, "status": "failed", "why": "no metric rows"})
             continue
         tail = err[-max(1, len(err) // 10):]
+        (ms,) = curve(r["out"], ("ms_per_step",))
+        from samcpu.train import load_checkpoint
+        ck = load_checkpoint(os.path.join(r["out"], "checkpoint.pt"))
         r.update(status="ok", episodes=int(ep[-1]), train_minutes=float(secs[-1] / 60),
-                 final_max_level=int(level[-1]), train_error_last_tenth=float(tail.mean()))
+                 final_max_level=int(level[-1]), train_error_last_tenth=float(tail.mean()),
+                 median_ms_per_step=float(np.median(ms)),
+                 trained_with={k: v for k, v in ck["args"].items() if k not in ("command", "quiet")})
         runs.append(r)
     print(f"\nSYNTHETIC data (not bAbI, not Omniglot)\n{'task':9s}{'model':6s}{'seed':>5s}{'episodes':>10s}"
           f"{'minutes':>9s}  test error")
@@ -181,6 +186,10 @@ def main():
         print(f"{r['task']:9s}{r['model']:6s}{r['seed']:>5d}{r['episodes']:>10,d}"
               f"{r['train_minutes']:>9.1f}  {what}")
     out = dict(SYNTHETIC=SYNTHETIC, synthetic=True, machine=machine_info(1), args=vars(args),
+               command="python benchmarks/synthetic_tasks.py " + " ".join(sys.argv[1:]),
+               # with --eval-only: the runs were trained by the same command without it
+               train_command=("python benchmarks/synthetic_tasks.py "
+                              + " ".join(a for a in sys.argv[1:] if a != "--eval-only")),
                wall_minutes=(time.time() - started) / 60,
                data={t: os.path.relpath(d, ROOT) for t, d in data.items()}, runs=runs)
     if "babi" in data:

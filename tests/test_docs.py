@@ -239,8 +239,10 @@ def test_synthetic_results_are_labelled(tmp_path):
     shutil.copytree(RESULTS, tmp_path / "results", ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
     (tmp_path / "results" / "synthetic_tasks.json").write_text(json.dumps({"babi_error": 0.5}))
     text = make_results.results_md(str(tmp_path / "results"))
-    section = text[text.index("## SYNTHETIC data: synthetic_tasks.json"):]
-    assert "**SYNTHETIC data**" in section and "`babi_error`: 0.5" in section
+    section = text[text.index("## SYNTHETIC bAbI-format and Omniglot-layout data"):]
+    section = section[: section.index("\n## ")]
+    assert "**SYNTHETIC data.**" in section and "NOT results on bAbI or Omniglot" in section
+    assert "`babi_error`: 0.5" in section
 
 
 # ---------------------------------------------------------------------------- robustness
@@ -261,7 +263,7 @@ def mutations(data, path=()):
 
 @pytest.mark.parametrize("rel", ["step.json", "memory.json", "scaling/scaling.json", "kernels.json",
                                  "index.json", "learning.json", "recall_long.json", "long_episode.json",
-                                 "soak.json"])
+                                 "soak.json", "synthetic_tasks.json"])
 def test_generator_survives_json_lacking_fields(tmp_path, rel):
     shutil.copytree(RESULTS, tmp_path / "results", ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
     path = tmp_path / "results" / rel
