@@ -33,6 +33,7 @@ import torch
 from common import HERE, machine_info, write_json
 
 from samcpu.nn import detach
+from samcpu.tasks import bits_error
 from samcpu.train import build, load_checkpoint, task_of
 
 
@@ -62,8 +63,8 @@ def run_length(model, args, items, seed, batches, chunk):
         cpus.append(time.process_time() - c0)
         y, at = torch.cat(outputs), torch.cat(at)
         target, mask = batch.target[at], batch.mask[at]
-        wrong = ((y > 0) != (target > 0.5)) & (mask != 0).unsqueeze(-1)
-        errors.extend(wrong.sum((0, 2)).double().tolist())  # wrong bits per sequence
+        errors.extend(bits_error(y[:, i:i + 1], target[:, i:i + 1], mask[:, i:i + 1])  # per sequence
+                      for i in range(y.shape[1]))
         chance = float((mask != 0).sum(0)[0]) * target.shape[-1] / 2  # half the answer's bits
     memory = model.access.memory
     se = float(np.std(errors, ddof=1) / math.sqrt(len(errors))) if len(errors) > 1 else 0.0

@@ -43,6 +43,8 @@ import numpy as np
 from common import HERE, machine_info, write_json
 from learning import COLOURS, ROOT, STYLES, run_dir, train
 
+from samcpu.train import load_checkpoint
+
 SYNTHETIC = ("Every figure in this file is on SYNTHETIC data made by samcpu's generators "
              "(samcpu.tasks.synthetic_babi, samcpu.tasks.synthetic_omniglot): stories in the bAbI file "
              "format and stroke-drawn glyphs in Omniglot's folder layout. They are NOT results on bAbI or "
@@ -163,7 +165,6 @@ def main():
             continue
         tail = err[-max(1, len(err) // 10):]
         (ms,) = curve(r["out"], ("ms_per_step",))
-        from samcpu.train import load_checkpoint
         ck = load_checkpoint(os.path.join(r["out"], "checkpoint.pt"))
         r.update(status="ok", episodes=int(ep[-1]), train_minutes=float(secs[-1] / 60),
                  final_max_level=int(level[-1]), train_error_last_tenth=float(tail.mean()),

@@ -24,14 +24,21 @@ class RowSet:
         self.counts = np.zeros(batch_size, np.int64)
         self.hints = np.zeros((batch_size, 1), np.int64)
 
+    def reserve(self, extra):
+        """Make room for ``extra`` more members in every batch element (capacity doubles);
+        returns True if ``members`` was reallocated."""
+        need = int(self.counts.max(initial=0)) + extra
+        if need <= self.members.shape[1]:
+            return False
+        grown = np.zeros((self.members.shape[0], max(need, 2 * self.members.shape[1])), np.int64)
+        grown[:, : self.members.shape[1]] = self.members
+        self.members = grown
+        return True
+
     def add(self, rows):
         """Add ``rows[b]`` (B, R) int64 to the set of each batch element; -1 entries are
         ignored."""
-        need = int(self.counts.max()) + rows.shape[1]
-        if need > self.members.shape[1]:
-            grown = np.zeros((self.members.shape[0], max(need, 2 * self.members.shape[1])), np.int64)
-            grown[:, : self.members.shape[1]] = self.members
-            self.members = grown
+        self.reserve(rows.shape[1])
         batch_rowset_add(self.flags, self.members, self.counts, rows)
 
     def truncate(self, counts):

@@ -138,7 +138,9 @@ class HNSWIndex(Index):
         b, n, _ = memory.shape
         # a row's live label: label + 1 in graphs[b], -(label + 1) in old[b] (a rebuild's), 0: none
         self.row_label = lazy_zeros((b, n), np.int64)
-        self.buffer = RowSet(b, n, capacity=2 * flush_rows)  # the hot tier: scanned exactly by every query
+        # the hot tier: scored by every query; it starts small and doubles as it fills (up to
+        # about flush_rows), so that a small memory does not hold room for 8,192 rows
+        self.buffer = RowSet(b, n, capacity=min(n, 2 * flush_rows, 256))
         # the hot tier's float32 copy (row / ||row||_eps, by place in buffer.members) and each
         # member's place: a query scores the hot rows in float32 first (kernels.candidates)
         self.hot_slot = lazy_zeros((b, n), np.int64)
@@ -191,14 +193,10 @@ class HNSWIndex(Index):
         (their contents changed)."""
         rows = np.asarray(rows, np.int64)
         buf = self.buffer
-        need = int(buf.counts.max(initial=0)) + rows.shape[1]
-        if need > buf.members.shape[1]:
-            cap = max(need, 2 * buf.members.shape[1])
-            members = np.zeros((buf.members.shape[0], cap), np.int64)
-            members[:, : buf.members.shape[1]] = buf.members
-            unit = np.zeros((buf.members.shape[0], cap, self.hot_unit.shape[2]), np.float32)
+        if buf.reserve(rows.shape[1]):  # the float32 copy grows with the members
+            unit = np.zeros((*buf.members.shape, self.hot_unit.shape[2]), np.float32)
             unit[:, : self.hot_unit.shape[1]] = self.hot_unit
-            buf.members, self.hot_unit = members, unit
+            self.hot_unit = unit
         batch_hot_add(buf.flags, buf.members, buf.counts, self.hot_slot, self.hot_unit, self.memory, rows,
                       EPS)
 
@@ -306,7 +304,7 @@ class HNSWIndex(Index):
         self.row_label[b, rows] = -(labels + 1)
         self.graphs[b] = self._new_graph(b, capacity=max(self.capacity, 2 * len(rows)))
         self.old[b], self.pending[b], self.old_live[b] = old, rows, len(rows)
-        self._migrate(b, 0)  # nothing to move: dropped at once
+        self._migrate(b, 0)  # moves nothing; drops the old graph at once if it had no live row
 
     def _migrate(self, b, chunk):
         """Move ``chunk`` rows (or all that are left) whose live label is in the old graph into
