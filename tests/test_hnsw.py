@@ -420,30 +420,82 @@ def test_a_large_hot_tier_scored_in_float32_first_still_answers_exactly(dtype):
 
 
 def test_hot_candidates_keep_every_row_of_the_exact_top_k():
-    from samcpu.kernels.candidates import hot_add, hot_candidates, hot_margin
+    from samcpu.kernels.blockdot import LANES
+    from samcpu.kernels.candidates import hot_add, hot_arrays, hot_candidates, hot_margin
 
     rng = np.random.default_rng(32)
     n, w, k = 3000, 16, 8
     memory = rng.normal(size=(n, w))
     memory[100:200] = memory[100] * rng.uniform(0.5, 2.0, size=(100, 1))  # same direction: equal cosines
     memory[300:400] = memory[300] + 1e-9 * rng.normal(size=(100, w))  # near-ties
+    memory[500:510] = 0.0  # zero rows score 0
     flags, slot = np.zeros(n, np.uint8), np.zeros(n, np.int64)
-    members, unit = np.zeros(n, np.int64), np.zeros((n, w), np.float32)
+    members = np.zeros(n, np.int64)
+    codes, scale, slack = (a[0] for a in hot_arrays(1, n, w))
     rows = rng.permutation(n)
-    count = hot_add(flags, members, 0, slot, unit, memory, rows, EPS)
+    count = hot_add(flags, members, 0, slot, codes, scale, slack, memory, rows, EPS)
     assert count == n and (members == rows).all()
-    huge = np.zeros_like(unit)  # values whose squares overflow float32: the copy is scaled in float64
-    hot_add(np.zeros(n, np.uint8), np.zeros(n, np.int64), 0, np.zeros(n, np.int64), huge, memory * 1e30,
-            rows, EPS)
-    np.testing.assert_allclose(huge, unit, rtol=1e-6, atol=1e-7)
-    for queries in (rng.normal(size=(4, w)), memory[[100, 300, 5, 7]].copy()):
-        got, m = hot_candidates(unit, members, count, queries, k, EPS, hot_margin(w))
-        got = set(got[:m].tolist())
-        qn = np.sqrt((queries ** 2).sum(1) + EPS)
-        mn = np.sqrt((memory ** 2).sum(1) + EPS)
-        sims = queries @ memory.T / qn[:, None] / mn[None]
-        for h in range(len(queries)):
-            kth = np.sort(sims[h])[::-1][k - 1]
-            want = set(np.flatnonzero(sims[h] >= kth - 1e-12).tolist())
-            assert want <= got, (h, sorted(want - got))
-        assert m < n  # a pre-filter: most rows are left out
+    # the copy: codes * scale is within slack of row / ||row||_eps, and slack is small
+    unit = memory / np.sqrt((memory ** 2).sum(1, keepdims=True) + EPS)
+    places = np.arange(n)
+    approx = codes[places // LANES, :, places % LANES] * scale[:n, None].astype(np.float64)
+    err = np.sqrt(((approx - unit[rows]) ** 2).sum(1))
+    assert (err <= slack[:n]).all() and slack[:n].max() < 1e-3
+    assert (np.abs(codes.astype(int)) <= 32767).all()
+    huge = hot_arrays(1, n, w)  # values whose squares overflow float32: the copy is scaled in float64
+    hot_add(np.zeros(n, np.uint8), np.zeros(n, np.int64), 0, np.zeros(n, np.int64), *(a[0] for a in huge),
+            memory * 1e30, rows, EPS)
+    assert np.abs(huge[0][0].astype(int) - codes).max() <= 1  # a value on a rounding edge may round apart
+    np.testing.assert_allclose(huge[1][0], scale, rtol=1e-6)
+    for queries in (rng.normal(size=(5, w)), memory[[100, 300, 5, 7, 501]].copy(), np.zeros((3, w))):
+        for c in (count, 1000, 37):  # full blocks and a part one
+            got, m = hot_candidates(codes, scale, slack, members, c, queries, k, EPS, hot_margin(w))
+            got = set(got[:m].tolist())
+            assert got <= set(members[:c].tolist())
+            mem = memory[members[:c]]
+            qn = np.sqrt((queries ** 2).sum(1) + EPS)
+            mn = np.sqrt((mem ** 2).sum(1) + EPS)
+            sims = queries @ mem.T / qn[:, None] / mn[None]
+            for h in range(len(queries)):
+                kth = np.sort(sims[h])[::-1][k - 1]
+                want = set(members[:c][sims[h] >= kth - 1e-12].tolist())
+                assert want <= got, (h, c, sorted(want - got))
+            if queries.any(1).all() and c == count:  # (a zero query ties every row at 0)
+                assert m < n // 10  # a pre-filter: most rows are left out
+    # thousands of rows in one direction: every one is a candidate (past KEPT near-ties the pass
+    # gives up and hands back the whole buffer)
+    same = memory[:1] * rng.uniform(0.5, 2.0, size=(n, 1))
+    count = hot_add(np.zeros(n, np.uint8), members, 0, np.zeros(n, np.int64), codes, scale, slack, same, rows,
+                    EPS)
+    got, m = hot_candidates(codes, scale, slack, members, count, same[:2] + 0.0, k, EPS, hot_margin(w))
+    assert m == n and set(got[:m].tolist()) == set(range(n))
+
+
+def test_score_blocks_matches_a_float64_loop():
+    """The SIMD kernel against plain numpy: every score of two blocks, four heads from h0, and
+    each block's largest score + slack."""
+    import numba as nb
+
+    from samcpu.kernels.blockdot import GROUP, HEADS, LANES, score_blocks
+
+    @nb.njit
+    def run(codes, blk0, scale, slack, queries, h0, out, top):
+        score_blocks(codes, blk0, scale, slack, queries, h0, out, top)
+
+    rng = np.random.default_rng(33)
+    n_blocks, w = 6, 7  # a width that is no multiple of anything
+    codes = rng.integers(-32767, 32768, size=(n_blocks, w, LANES)).astype(np.int16)
+    scale = rng.uniform(0, 1e-4, size=n_blocks * LANES).astype(np.float32)
+    slack = rng.uniform(0, 1e-3, size=n_blocks * LANES).astype(np.float32)
+    queries = rng.normal(size=(2 * HEADS, w)).astype(np.float32)
+    for blk0, h0 in ((0, 0), (2, HEADS), (4, 0)):
+        out = np.full((2 * HEADS, GROUP * LANES), np.nan, np.float32)
+        top = np.full((2 * HEADS, GROUP), np.nan, np.float32)
+        run(codes, blk0, scale, slack, queries, h0, out, top)
+        rows = codes[blk0:blk0 + GROUP].transpose(0, 2, 1).reshape(GROUP * LANES, w).astype(np.float64)
+        places = slice(blk0 * LANES, (blk0 + GROUP) * LANES)
+        want = queries[h0:h0 + HEADS].astype(np.float64) @ rows.T * scale[places]
+        np.testing.assert_allclose(out[h0:h0 + HEADS], want, rtol=1e-5, atol=1e-6)
+        assert np.isnan(np.delete(out, np.s_[h0:h0 + HEADS], 0)).all()  # other heads untouched
+        upper = (out[h0:h0 + HEADS].astype(np.float64) + slack[places]).reshape(HEADS, GROUP, LANES).max(2)
+        np.testing.assert_allclose(top[h0:h0 + HEADS], upper, rtol=1e-6)

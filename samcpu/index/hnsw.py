@@ -5,9 +5,9 @@ rows that have not been written for a while. Every write lands in the hot tier, 
 rows that each query scans exactly, so a read always sees what the same step wrote, and a row
 written again and again costs nothing in the graph while it stays hot. When the hot tier has
 reached ``flush_rows`` rows it is flushed: the ``cool_rows`` least recently written rows cool into
-the graph, once, the others stay hot. A large hot tier is cheap, since a query scores it in
-float32 first (:mod:`samcpu.kernels.candidates`), and it saves graph work: a row written again
-while hot costs nothing. A cooling row that is still close to its
+the graph, once, the others stay hot. A large hot tier is cheap, since a query scores it from
+an int16 copy first, with error bounds (:mod:`samcpu.kernels.candidates`), and it saves graph
+work: a row written again while hot costs nothing. A cooling row that is still close to its
 indexed vector (cosine >= ``stale_cos``) keeps its label; one that moved is re-inserted under a
 new label (labels are versions, not rows, because hnswlib's in-place update of a label costs
 about 20 inserts) and its old label is deleted (``mark_deleted``, about 1 us). Written rows that
@@ -34,7 +34,7 @@ from .._storage import lazy_zeros
 from .._util import check_int
 from ..config import EPS
 from ..kernels import rescore_candidates, rowset_clear
-from ..kernels.candidates import batch_hot_add, hot_compact, hot_margin
+from ..kernels.candidates import batch_hot_add, hot_arrays, hot_compact, hot_margin
 from .base import Index, RowSet
 
 
@@ -141,10 +141,10 @@ class HNSWIndex(Index):
         # the hot tier: scored by every query; it starts small and doubles as it fills (up to
         # about flush_rows), so that a small memory does not hold room for 8,192 rows
         self.buffer = RowSet(b, n, capacity=min(n, 2 * flush_rows, 256))
-        # the hot tier's float32 copy (row / ||row||_eps, by place in buffer.members) and each
-        # member's place: a query scores the hot rows in float32 first (kernels.candidates)
+        # the hot tier's int8 copy (row / ||row||_eps quantised, by place in buffer.members) and
+        # each member's place: a query scores the hot rows from the copy first (kernels.candidates)
         self.hot_slot = lazy_zeros((b, n), np.int64)
-        self.hot_unit = np.zeros((b, self.buffer.members.shape[1], memory.shape[2]), np.float32)
+        self.hot_copy = hot_arrays(b, self.buffer.members.shape[1], memory.shape[2])
         self.margin = hot_margin(memory.shape[2])
         self.last_write = lazy_zeros((b, n), np.int64)  # the update() count at a row's last write
         self.clock = 0
@@ -189,15 +189,16 @@ class HNSWIndex(Index):
         self._hot_add(rows)
 
     def _hot_add(self, rows):
-        """Add ``rows`` (B, R) (-1 padded) to the hot tier, refreshing the float32 copy of each
+        """Add ``rows`` (B, R) (-1 padded) to the hot tier, refreshing the int8 copy of each
         (their contents changed)."""
         rows = np.asarray(rows, np.int64)
         buf = self.buffer
-        if buf.reserve(rows.shape[1]):  # the float32 copy grows with the members
-            unit = np.zeros((*buf.members.shape, self.hot_unit.shape[2]), np.float32)
-            unit[:, : self.hot_unit.shape[1]] = self.hot_unit
-            self.hot_unit = unit
-        batch_hot_add(buf.flags, buf.members, buf.counts, self.hot_slot, self.hot_unit, self.memory, rows,
+        if buf.reserve(rows.shape[1]):  # the int8 copy grows with the members
+            grown = hot_arrays(*buf.members.shape, self.memory.shape[2])
+            for new, old in zip(grown, self.hot_copy, strict=True):
+                new[:, : old.shape[1]] = old
+            self.hot_copy = grown
+        batch_hot_add(buf.flags, buf.members, buf.counts, self.hot_slot, *self.hot_copy, self.memory, rows,
                       EPS)
 
     def remove(self, rows):
@@ -241,7 +242,7 @@ class HNSWIndex(Index):
             buf = self.buffer
             rescore_candidates(self.memory[b], cand[b], buf.flags[b], buf.members[b],
                                buf.counts[b], w.flags[b], w.hints[b], queries[b], k, EPS,
-                               rows[b], sims[b], self.hot_unit[b], self.margin)
+                               rows[b], sims[b], *(a[b] for a in self.hot_copy), self.margin)
 
         self._each(search)
         return rows, sims
@@ -287,8 +288,8 @@ class HNSWIndex(Index):
         self._drop_labels(b, rows[(code != 0) & ((cool & ~still) | ~nonzero)])
         g.insert(vals[insert], rows[insert], self.row_label[b])
         self.inserted += int(insert.sum())
-        buf.counts[b] = hot_compact(buf.flags[b], buf.members[b], count, self.hot_slot[b], self.hot_unit[b],
-                                    hot | ~nonzero)
+        buf.counts[b] = hot_compact(buf.flags[b], buf.members[b], count, self.hot_slot[b],
+                                    *(a[b] for a in self.hot_copy), hot | ~nonzero)
         self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.cool_rows)
         if self.old[b] is not None:
             self._migrate(b, max(self.cool_rows, self.migrate * int(cool.sum())))

@@ -6,41 +6,90 @@ lowest unwritten rows at similarity 0. All are scored against the live memory, s
 answer is exact over the candidates (to float64 round-off), ordered by (-similarity, row). A zero query scores
 every row 0, so its answer is rows 0..k-1 whatever the candidates.
 
-The buffer can hold thousands of rows, so it keeps a float32 copy of each member scaled by
-1 / ||row||_eps (``unit``, contiguous, updated with the row: :func:`hot_add`). A query first
-scores the buffer in float32 against the query scaled the same way (|error| <= ``margin``: the
-vectors have norms below 1), then re-scores exactly only the members within twice ``margin`` of
-a head's k-th best float32 score: every member of a head's exact top k is among them (if a
-member's true score s is at least the true k-th best, which is at least T - margin for the
-k-th best float32 score T, its float32 score is at least s - margin >= T - 2 margin).
+The buffer can hold thousands of rows, so it keeps an int16 copy of each member (updated with
+the row: :func:`hot_add`): the row scaled to u = row / ||row||_eps, quantised per row,
+u ~ scale * codes with codes in [-32767, 32767], and ``slack`` >= ||u - scale * codes||. A query q
+(scaled the same way, so ||q|| < 1) first scores the buffer from the copy (blocked SIMD,
+:mod:`samcpu.kernels.blockdot`): the exact score q . u lies within slack + ``margin`` of the
+copy's score (Cauchy-Schwarz, plus float32 rounding: :func:`hot_margin`). Only the members whose
+upper bound reaches a head's k-th best lower bound T are re-scored exactly: every member of a
+head's exact top k is among them (its true score is at least the true k-th best, which is at
+least T, and its upper bound at least its true score).
 """
 import numba as nb
 import numpy as np
 
-from ..config import NJIT, NJIT_FAST
+from ..config import NJIT
+from .blockdot import GROUP, HEADS, LANES, score_blocks
 from .rowset import unwritten_rows
 from .similarity import norm_eps, scan_topk_fast, topk_insert
 
 
-#: buffers up to this size are scored exactly at once (the float32 pass does not pay)
+#: buffers up to this size are scored exactly at once (the int16 pass does not pay)
 HOT_EXACT = 64
+#: rows of the int16 copy per kernel call: its capacity is a multiple
+HOT_ALIGN = LANES * GROUP
+#: members a query's pass keeps at most at once (then it re-scores the whole buffer exactly)
+KEPT = 512
+#: the largest code: a row's largest value |u_j| maps to it
+CODE_MAX = 32767.0
 
 
 def hot_margin(width):
-    """A bound on |float32 score - exact score| for unit-bounded vectors of ``width`` values
-    (rounding of each value and of the sums, with room for reassociation)."""
+    """A bound on the float32 rounding in a score from the int16 copy, for unit-bounded vectors of
+    ``width`` values (the query's rounding to float32, the sums, the scale; with room)."""
     return 1e-6 + 4.0 * (width + 2) * 2.0 ** -24
 
 
-@nb.njit(**NJIT)
-def hot_add(flags, members, count, slot, unit, memory, new_rows, eps):
-    """Add ``new_rows`` (entries < 0 ignored) to a buffer and refresh the float32 copy of each
-    (a member already there keeps its place); returns the new count (capacity is the caller's).
+def hot_arrays(batch, rows, width):
+    """Zeroed (codes (batch, cap / LANES, width, LANES) int16, scale (batch, cap) float32, slack
+    (batch, cap) float32) with room for ``rows`` members per batch element (cap: ``rows``
+    rounded up to a multiple of ``HOT_ALIGN``)."""
+    cap = max(HOT_ALIGN, -(-rows // HOT_ALIGN) * HOT_ALIGN)
+    return (np.zeros((batch, cap // LANES, width, LANES), np.int16), np.zeros((batch, cap), np.float32),
+            np.zeros((batch, cap), np.float32))
 
-    flags (N,) uint8, members (cap,) int64, slot (N,) int64 (a member's place), unit (cap, W)
-    float32: row / ||row||_eps of each member; memory (N, W).
+
+@nb.njit(**NJIT)
+def _quantise(codes, scale, slack, s, row, eps):
+    """Store row / ||row||_eps in place ``s`` of the int16 copy (see the module's text)."""
+    width = row.shape[0]
+    blk, lane = s // LANES, s % LANES
+    mm = 0.0
+    for j in range(width):
+        v = np.float64(row[j])
+        mm += v * v
+    inv = 1.0 / np.sqrt(mm + eps)
+    top = 0.0
+    for j in range(width):
+        top = max(top, abs(np.float64(row[j]) * inv))
+    if top == 0.0:
+        for j in range(width):
+            codes[blk, j, lane] = 0
+        scale[s] = 0.0
+        slack[s] = 0.0
+        return
+    sc = np.float64(np.float32(top / CODE_MAX))
+    err = 0.0
+    for j in range(width):
+        u = np.float64(row[j]) * inv
+        c = min(CODE_MAX, max(-CODE_MAX, np.round(u / sc)))
+        codes[blk, j, lane] = np.int16(c)
+        d = u - c * sc
+        err += d * d
+    scale[s] = sc
+    # rounded up: float32 rounding to nearest loses at most 2**-24 of it
+    slack[s] = np.float32(np.sqrt(err) * (1.0 + 2.0 ** -20) + 1e-30)
+
+
+@nb.njit(**NJIT)
+def hot_add(flags, members, count, slot, codes, scale, slack, memory, new_rows, eps):
+    """Add ``new_rows`` (entries < 0 ignored) to a buffer and refresh the int16 copy of each (a
+    member already there keeps its place); returns the new count (capacity is the caller's).
+
+    flags (N,) uint16, members (cap,) int64, slot (N,) int64 (a member's place), codes, scale,
+    slack: one batch element's :func:`hot_arrays`; memory (N, W).
     """
-    width = memory.shape[1]
     for i in range(new_rows.shape[0]):
         r = new_rows[i]
         if r < 0:
@@ -50,29 +99,26 @@ def hot_add(flags, members, count, slot, unit, memory, new_rows, eps):
             members[count] = r
             slot[r] = count
             count += 1
-        s = slot[r]
-        mm = 0.0
-        for j in range(width):
-            v = np.float64(memory[r, j])
-            mm += v * v
-        inv = 1.0 / np.sqrt(mm + eps)
-        for j in range(width):
-            unit[s, j] = np.float32(np.float64(memory[r, j]) * inv)
+        _quantise(codes, scale, slack, slot[r], memory[r], eps)
     return count
 
 
 @nb.njit(**NJIT)
-def hot_compact(flags, members, count, slot, unit, keep):
-    """Keep the members ``i`` with ``keep[i]`` (in their order, with their float32 copies) and
+def hot_compact(flags, members, count, slot, codes, scale, slack, keep):
+    """Keep the members ``i`` with ``keep[i]`` (in their order, with their int16 copies) and
     drop the others from the buffer; returns the new count."""
     c = 0
+    width = codes.shape[1]
     for i in range(count):
         r = members[i]
         if keep[i]:
             members[c] = r
             slot[r] = c
             if c != i:
-                unit[c] = unit[i]
+                for j in range(width):
+                    codes[c // LANES, j, c % LANES] = codes[i // LANES, j, i % LANES]
+                scale[c] = scale[i]
+                slack[c] = slack[i]
             c += 1
         else:
             flags[r] = 0
@@ -80,71 +126,105 @@ def hot_compact(flags, members, count, slot, unit, keep):
 
 
 @nb.njit(**NJIT)
-def batch_hot_add(flags, members, counts, slot, unit, memory, new_rows, eps):
+def batch_hot_add(flags, members, counts, slot, codes, scale, slack, memory, new_rows, eps):
     """:func:`hot_add` for every batch element: flags, slot (B, N), members (B, cap), counts
-    (B,) updated in place, unit (B, cap, W), memory (B, N, W), new_rows (B, R) -1 padded."""
+    (B,) updated in place, codes, scale, slack: :func:`hot_arrays`, memory (B, N, W),
+    new_rows (B, R) -1 padded."""
     for b in range(flags.shape[0]):
-        counts[b] = hot_add(flags[b], members[b], counts[b], slot[b], unit[b], memory[b], new_rows[b], eps)
-
-
-@nb.njit(**NJIT_FAST)
-def _hot_scores(unit, count, qunit, out):
-    """out[h, i] = qunit[h] . unit[i] in float32 (the sums reassociated: SIMD)."""
-    n_heads, width = qunit.shape
-    for i in range(count):
-        for h in range(n_heads):
-            d = np.float32(0.0)
-            for j in range(width):
-                d += qunit[h, j] * unit[i, j]
-            out[h, i] = d
+        counts[b] = hot_add(flags[b], members[b], counts[b], slot[b], codes[b], scale[b], slack[b], memory[b],
+                            new_rows[b], eps)
 
 
 @nb.njit(**NJIT)
-def hot_candidates(unit, buf_rows, count, queries, k, eps, margin):
+def hot_candidates(codes, scale, slack, buf_rows, count, queries, k, eps, margin):
     """The buffer's members that may be in a head's exact top k (see the module's text):
-    (rows (n,) int64, n)."""
+    (rows (n,) int64, n).
+
+    One pass, 32 rows at a time: a head's k-th best lower bound so far only rises, so a
+    member kept because its upper bound reached it then is a superset of those that reach the
+    final one, which a last pass over the (few) kept members applies. A block whose upper
+    bounds all fall short of every head's bound so far is skipped whole."""
     n_heads, width = queries.shape
-    qunit = np.empty((n_heads, width), np.float32)
+    padded = -(-n_heads // HEADS) * HEADS
+    qunit = np.zeros((padded, width), np.float32)  # zero rows pad to whole kernel calls
     for h in range(n_heads):
         inv = 1.0 / norm_eps(queries[h], eps)
         for j in range(width):
             qunit[h, j] = np.float32(np.float64(queries[h, j]) * inv)
-    scores = np.empty((n_heads, count), np.float32)
-    _hot_scores(unit, count, qunit, scores)
-    kth = np.full(n_heads, -np.inf)
-    best = np.full((n_heads, k), -np.inf)  # per head, the k best float32 scores, descending
-    for h in range(n_heads):
-        for i in range(count):
-            s = np.float64(scores[h, i])
-            if s > best[h, k - 1]:
-                j = k - 1
-                while j > 0 and best[h, j - 1] < s:
-                    best[h, j] = best[h, j - 1]
-                    j -= 1
-                best[h, j] = s
-        kth[h] = best[h, k - 1] - 2.0 * margin
-    rows = np.empty(count, np.int64)
-    n = 0
-    for i in range(count):
-        for h in range(n_heads):
-            if np.float64(scores[h, i]) >= kth[h]:
-                rows[n] = buf_rows[i]
-                n += 1
-                break
+    scores = np.empty((padded, GROUP * LANES), np.float32)
+    top = np.empty((padded, GROUP), np.float32)  # per block, the largest upper bound (float32)
+    # float32 rounding of top: |score + slack| < 2, so within 2**-22 of the float64 sum
+    loose = margin + 2.0 ** -22
+    best = np.full((n_heads, k), -np.inf)  # per head, the k best lower bounds so far, descending
+    kept = np.empty(KEPT, np.int64)  # places kept so far, with their upper bounds
+    upper = np.empty((KEPT, n_heads))
+    n_kept = 0
+    for blk0 in range(0, -(-count // LANES), GROUP):
+        for h0 in range(0, padded, HEADS):
+            score_blocks(codes, blk0, scale, slack, qunit, h0, scores, top)
+        for g in range(GROUP):
+            first = (blk0 + g) * LANES
+            stop = min(count, first + LANES)
+            mark = 0  # bit l: lane l reached some head's k-th best lower bound
+            for h in range(n_heads):
+                if np.float64(top[h, g]) + loose < best[h, k - 1]:
+                    continue  # no upper bound of the block reaches this head's bound
+                for i in range(first, stop):
+                    s = np.float64(scores[h, i - blk0 * LANES])
+                    r = np.float64(slack[i]) + margin
+                    lo = s - r
+                    if lo > best[h, k - 1]:
+                        j = k - 1
+                        while j > 0 and best[h, j - 1] < lo:
+                            best[h, j] = best[h, j - 1]
+                            j -= 1
+                        best[h, j] = lo
+                    if s + r >= best[h, k - 1]:
+                        mark |= 1 << (i - first)
+            for i in range(first, stop):
+                if not (mark >> (i - first)) & 1:
+                    continue
+                if n_kept == KEPT:  # drop those that no longer reach any head's bound
+                    n_kept = _prune(kept, upper, n_kept, best)
+                    if n_kept == KEPT:  # thousands of near-ties: every member is a candidate
+                        return buf_rows[:count].copy(), count
+                kept[n_kept] = i
+                for h in range(n_heads):
+                    upper[n_kept, h] = np.float64(scores[h, i - blk0 * LANES]) + np.float64(slack[i]) + margin
+                n_kept += 1
+    n = _prune(kept, upper, n_kept, best)
+    rows = np.empty(n, np.int64)
+    for j in range(n):
+        rows[j] = buf_rows[kept[j]]
     return rows, n
 
 
 @nb.njit(**NJIT)
+def _prune(kept, upper, n_kept, best):
+    """Keep (in place, in order) the kept members whose upper bound reaches some head's k-th best
+    lower bound ``best[h, -1]``; returns their count."""
+    n = 0
+    for j in range(n_kept):
+        for h in range(upper.shape[1]):
+            if upper[j, h] >= best[h, best.shape[1] - 1]:
+                kept[n] = kept[j]
+                upper[n] = upper[j]
+                n += 1
+                break
+    return n
+
+
+@nb.njit(**NJIT)
 def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint, queries, k, eps,
-                       out_rows, out_sims, unit, margin):
+                       out_rows, out_sims, codes, scale, slack, margin):
     """Top-k per query over the candidates of one batch element (releases the GIL, so the
     batch elements can run in threads beside their index searches).
 
     memory (N, W); cand (H, C) int64 index proposals, -1 = none (each is scored for every
-    head; rows in the buffer are skipped there: the buffer scores them); buf_flags (N,) uint8
-    and buf_rows[:buf_count]: the exact buffer; flags (N,) uint8 and hint (1,): the written
-    rows; queries (H, W); unit (cap, W) float32: the buffer's float32 copy (:func:`hot_add`;
-    used above ``HOT_EXACT`` members) and margin: :func:`hot_margin` of W.
+    head; rows in the buffer are skipped there: the buffer scores them); buf_flags (N,) uint16
+    and buf_rows[:buf_count]: the exact buffer; flags (N,) uint16 and hint (1,): the written
+    rows; queries (H, W); codes, scale, slack: the buffer's int16 copy (:func:`hot_add`; used
+    above ``HOT_EXACT`` members) and margin: :func:`hot_margin` of W.
     Writes out_rows (H, k) int64 and out_sims (H, k) float64, ordered by (-sim, row).
     """
     n_heads = queries.shape[0]
@@ -153,7 +233,7 @@ def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint
         qnorms[h] = norm_eps(queries[h], eps)
     n = np.zeros(n_heads, np.int64)
     if buf_count > HOT_EXACT:
-        hot, n_hot = hot_candidates(unit, buf_rows, buf_count, queries, k, eps, margin)
+        hot, n_hot = hot_candidates(codes, scale, slack, buf_rows, buf_count, queries, k, eps, margin)
         scan_topk_fast(memory, hot, 0, n_hot, queries, qnorms, eps, out_rows, out_sims, n)
     else:
         scan_topk_fast(memory, buf_rows, 0, buf_count, queries, qnorms, eps, out_rows, out_sims, n)
