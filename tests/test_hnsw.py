@@ -420,7 +420,7 @@ def test_a_large_hot_tier_scored_in_float32_first_still_answers_exactly(dtype):
 
 
 def test_hot_candidates_keep_every_row_of_the_exact_top_k():
-    from samcpu.kernels.blockdot import LANES
+    from samcpu.kernels.simd import LANES
     from samcpu.kernels.candidates import hot_add, hot_arrays, hot_candidates, hot_margin
 
     rng = np.random.default_rng(32)
@@ -476,7 +476,7 @@ def test_score_blocks_matches_a_float64_loop():
     each block's largest score + slack."""
     import numba as nb
 
-    from samcpu.kernels.blockdot import GROUP, HEADS, LANES, score_blocks
+    from samcpu.kernels.simd import GROUP, HEADS, LANES, score_blocks
 
     @nb.njit
     def run(codes, blk0, scale, slack, queries, h0, out, top):

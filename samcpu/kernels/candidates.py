@@ -10,7 +10,7 @@ The buffer can hold thousands of rows, so it keeps an int16 copy of each member 
 the row: :func:`hot_add`): the row scaled to u = row / ||row||_eps, quantised per row,
 u ~ scale * codes with codes in [-32767, 32767], and ``slack`` >= ||u - scale * codes||. A query q
 (scaled the same way, so ||q|| < 1) first scores the buffer from the copy (blocked SIMD,
-:mod:`samcpu.kernels.blockdot`): the exact score q . u lies within slack + ``margin`` of the
+:mod:`samcpu.kernels.simd`): the exact score q . u lies within slack + ``margin`` of the
 copy's score (Cauchy-Schwarz, plus float32 rounding: :func:`hot_margin`). Only the members whose
 upper bound reaches a head's k-th best lower bound T are re-scored exactly: every member of a
 head's exact top k is among them (its true score is at least the true k-th best, which is at
@@ -20,7 +20,7 @@ import numba as nb
 import numpy as np
 
 from ..config import NJIT
-from .blockdot import GROUP, HEADS, LANES, score_blocks
+from .simd import GROUP, HEADS, LANES, prefetch_row, score_blocks
 from .rowset import unwritten_rows
 from .similarity import norm_eps, scan_topk_fast, topk_insert
 
@@ -232,12 +232,8 @@ def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint
     for h in range(n_heads):
         qnorms[h] = norm_eps(queries[h], eps)
     n = np.zeros(n_heads, np.int64)
-    if buf_count > HOT_EXACT:
-        hot, n_hot = hot_candidates(codes, scale, slack, buf_rows, buf_count, queries, k, eps, margin)
-        scan_topk_fast(memory, hot, 0, n_hot, queries, qnorms, eps, out_rows, out_sims, n)
-    else:
-        scan_topk_fast(memory, buf_rows, 0, buf_count, queries, qnorms, eps, out_rows, out_sims, n)
-    # the proposals of all heads, once each and not in the buffer, scored for every head
+    # the proposals of all heads, once each and not in the buffer, scored for every head; their
+    # rows are scattered over the memory: fetched now, they arrive while the buffer is scored
     extra = np.empty(cand.size, np.int64)
     n_extra = 0
     for h in range(n_heads):
@@ -247,9 +243,18 @@ def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint
                 buf_flags[r] = 2
                 extra[n_extra] = r
                 n_extra += 1
+                prefetch_row(memory, r)
     for i in range(n_extra):
         buf_flags[extra[i]] = 0
-    scan_topk_fast(memory, extra, 0, n_extra, queries, qnorms, eps, out_rows, out_sims, n)
+    if buf_count > HOT_EXACT:
+        hot, n_hot = hot_candidates(codes, scale, slack, buf_rows, buf_count, queries, k, eps, margin)
+        for i in range(n_hot):
+            prefetch_row(memory, hot[i])
+        scan_topk_fast(memory, extra, 0, n_extra, queries, qnorms, eps, out_rows, out_sims, n)
+        scan_topk_fast(memory, hot, 0, n_hot, queries, qnorms, eps, out_rows, out_sims, n)
+    else:
+        scan_topk_fast(memory, extra, 0, n_extra, queries, qnorms, eps, out_rows, out_sims, n)
+        scan_topk_fast(memory, buf_rows, 0, buf_count, queries, qnorms, eps, out_rows, out_sims, n)
     free = np.empty(k, np.int64)
     n_free = unwritten_rows(flags, hint, k, free)
     for h in range(n_heads):

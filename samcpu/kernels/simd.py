@@ -97,3 +97,25 @@ def score_blocks(typingctx, codes, blk0, scale, slack, queries, h0, out, top):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def prefetch_row(typingctx, array, row):
+    """Ask the CPU to start loading the first two cache lines of ``array[row]`` (a 2-d C array)
+    now (``llvm.prefetch``; a hint, never a fault): the rows an index proposes are scattered
+    over the memory, and loading many at once hides the latency of each."""
+    sig = types.void(array, row)
+
+    def codegen(context, builder, signature, args):
+        arr = cgutils.create_struct_proxy(signature.args[0])(context, builder, args[0])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        stride = builder.extract_value(arr.strides, 0)
+        start = builder.gep(builder.bitcast(arr.data, i8p), [builder.mul(args[1], stride)])
+        kind = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fetch = cgutils.get_or_insert_function(builder.module, kind, "llvm.prefetch.p0i8")
+        for line in (0, 64):
+            builder.call(fetch, [builder.gep(start, [ir.Constant(ir.IntType(64), line)]), ir.Constant(i32, 0),
+                                 ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
