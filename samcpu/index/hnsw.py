@@ -154,7 +154,7 @@ class HNSWIndex(Index):
         self.pending = [None] * b  # the old graph's rows the rebuild has still to look at
         self.old_live = np.zeros(b, np.int64)  # rows whose live label is in old[b]
         self.num_threads = max(1, min(num_threads, b))
-        self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
+        self._pool = ThreadPoolExecutor(self.num_threads - 1) if self.num_threads > 1 else None
         self.rebuilds = 0
         self.inserted = 0  # vectors given to hnswlib (rebuilds included), summed over the batch
 
@@ -171,8 +171,14 @@ class HNSWIndex(Index):
                 fn(i)
             return
         groups = [range(t, b, self.num_threads) for t in range(self.num_threads)]
-        for f in [self._pool.submit(lambda g=g: [fn(i) for i in g]) for g in groups]:
-            f.result()
+        # the calling thread takes the first group itself (one hand-off fewer per call)
+        futures = [self._pool.submit(lambda g=g: [fn(i) for i in g]) for g in groups[1:]]
+        try:
+            for i in groups[0]:
+                fn(i)
+        finally:
+            for f in futures:
+                f.result()
 
     # -------------------------------------------------------------- interface
     def update(self, rows):

@@ -70,10 +70,11 @@ def _quantise(codes, scale, slack, s, row, eps):
         slack[s] = 0.0
         return
     sc = np.float64(np.float32(top / CODE_MAX))
+    to_code = 1.0 / sc  # any codes will do: the slack below is measured on the ones chosen
     err = 0.0
     for j in range(width):
         u = np.float64(row[j]) * inv
-        c = min(CODE_MAX, max(-CODE_MAX, np.round(u / sc)))
+        c = min(CODE_MAX, max(-CODE_MAX, np.floor(u * to_code + 0.5)))
         codes[blk, j, lane] = np.int16(c)
         d = u - c * sc
         err += d * d
