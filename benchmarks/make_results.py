@@ -778,9 +778,10 @@ def recall_long_section(src):
 
 
 LONG_LABELS = {"before": "before (the index of commit 797c908)", "after": "after (the two-tier index)",
-               "efc32": "two-tier, ef_construction 32, ef 48"}
+               "efc32": "two-tier, ef_construction 32, ef 48",
+               "int16": "two-tier, hot tier scored from an int16 copy (SIMD)"}
 #: labels a run may lack without a "not measured yet" line
-LONG_OPTIONAL = ("efc32",)
+LONG_OPTIONAL = ("efc32", "int16")
 
 
 def _loads(before, after):
