@@ -88,7 +88,7 @@ def hot_add(flags, members, count, slot, codes, scale, slack, memory, new_rows, 
     """Add ``new_rows`` (entries < 0 ignored) to a buffer and refresh the int16 copy of each (a
     member already there keeps its place); returns the new count (capacity is the caller's).
 
-    flags (N,) uint16, members (cap,) int64, slot (N,) int64 (a member's place), codes, scale,
+    flags (N,) uint8, members (cap,) int64, slot (N,) int64 (a member's place), codes, scale,
     slack: one batch element's :func:`hot_arrays`; memory (N, W).
     """
     for i in range(new_rows.shape[0]):
@@ -222,8 +222,8 @@ def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint
     batch elements can run in threads beside their index searches).
 
     memory (N, W); cand (H, C) int64 index proposals, -1 = none (each is scored for every
-    head; rows in the buffer are skipped there: the buffer scores them); buf_flags (N,) uint16
-    and buf_rows[:buf_count]: the exact buffer; flags (N,) uint16 and hint (1,): the written
+    head; rows in the buffer are skipped there: the buffer scores them); buf_flags (N,) uint8
+    and buf_rows[:buf_count]: the exact buffer; flags (N,) uint8 and hint (1,): the written
     rows; queries (H, W); codes, scale, slack: the buffer's int16 copy (:func:`hot_add`; used
     above ``HOT_EXACT`` members) and margin: :func:`hot_margin` of W.
     Writes out_rows (H, k) int64 and out_sims (H, k) float64, ordered by (-sim, row).
