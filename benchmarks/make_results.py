@@ -911,6 +911,10 @@ def generalise_section(src):
                 rows, "lrrrrrrrrr")
     out += ["Forward only, the memory's journal dropped after every chunk of steps; fresh episodes drawn "
             "with a seed no training run saw. Chance: half the answer's bits.", ""]
+    trained = [r.get("trained_max_steps") for _, r in src.rows("runs")]
+    if trained and all(isinstance(t, int | float) and t < 10_000 for t in trained):
+        out += [f"Interim: no run here was trained on episodes of 10,000 steps (the paper's Figure 8 and issue "
+                f"14 ask for that); the longest curriculum maximum is {num(max(trained), 0)} steps.", ""]
     return out
 
 

@@ -25,7 +25,7 @@ back from it as a candidate, and is re-scored exactly like any other.
 Batch elements run in parallel threads (hnswlib and the kernels release the GIL).
 """
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import hnswlib
 import numpy as np
@@ -141,7 +141,7 @@ class HNSWIndex(Index):
         # the hot tier: scored by every query; it starts small and doubles as it fills (up to
         # about flush_rows), so that a small memory does not hold room for 8,192 rows
         self.buffer = RowSet(b, n, capacity=min(n, 2 * flush_rows, 256))
-        # the hot tier's int8 copy (row / ||row||_eps quantised, by place in buffer.members) and
+        # the hot tier's int16 copy (row / ||row||_eps quantised, by place in buffer.members) and
         # each member's place: a query scores the hot rows from the copy first (kernels.candidates)
         self.hot_slot = lazy_zeros((b, n), np.int64)
         self.hot_copy = hot_arrays(b, self.buffer.members.shape[1], memory.shape[2])
@@ -173,12 +173,18 @@ class HNSWIndex(Index):
         groups = [range(t, b, self.num_threads) for t in range(self.num_threads)]
         # the calling thread takes the first group itself (one hand-off fewer per call)
         futures = [self._pool.submit(lambda g=g: [fn(i) for i in g]) for g in groups[1:]]
+        error = None
         try:
             for i in groups[0]:
                 fn(i)
-        finally:
-            for f in futures:
-                f.result()
+        except BaseException as e:  # every group ends before this returns, then the first error
+            error = e
+        wait(futures)
+        for f in futures:
+            if error is None and f.exception() is not None:
+                error = f.exception()
+        if error is not None:
+            raise error
 
     # -------------------------------------------------------------- interface
     def update(self, rows):
@@ -195,11 +201,11 @@ class HNSWIndex(Index):
         self._hot_add(rows)
 
     def _hot_add(self, rows):
-        """Add ``rows`` (B, R) (-1 padded) to the hot tier, refreshing the int8 copy of each
+        """Add ``rows`` (B, R) (-1 padded) to the hot tier, refreshing the int16 copy of each
         (their contents changed)."""
         rows = np.asarray(rows, np.int64)
         buf = self.buffer
-        if buf.reserve(rows.shape[1]):  # the int8 copy grows with the members
+        if buf.reserve(rows.shape[1]):  # the int16 copy grows with the members
             grown = hot_arrays(*buf.members.shape, self.memory.shape[2])
             for new, old in zip(grown, self.hot_copy, strict=True):
                 new[:, : old.shape[1]] = old

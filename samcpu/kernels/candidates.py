@@ -69,7 +69,9 @@ def _quantise(codes, scale, slack, s, row, eps):
         scale[s] = 0.0
         slack[s] = 0.0
         return
-    sc = np.float64(np.float32(top / CODE_MAX))
+    # at least the smallest normal float32: a row of values below 1e-40 gets codes 0 and a slack
+    # of its whole norm instead of a zero scale
+    sc = max(np.float64(np.float32(top / CODE_MAX)), 2.0 ** -126)
     to_code = 1.0 / sc  # any codes will do: the slack below is measured on the ones chosen
     err = 0.0
     for j in range(width):
@@ -157,6 +159,9 @@ def hot_candidates(codes, scale, slack, buf_rows, count, queries, k, eps, margin
     # float32 rounding of top: |score + slack| < 2, so within 2**-22 of the float64 sum
     loose = margin + 2.0 ** -22
     best = np.full((n_heads, k), -np.inf)  # per head, the k best lower bounds so far, descending
+    for h in range(n_heads):
+        if not queries[h].any():  # a zero query ties every row at 0 (the caller answers it): no
+            best[h] = np.inf  # member is kept for it
     kept = np.empty(KEPT, np.int64)  # places kept so far, with their upper bounds
     upper = np.empty((KEPT, n_heads))
     n_kept = 0
@@ -225,7 +230,8 @@ def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint
     head; rows in the buffer are skipped there: the buffer scores them); buf_flags (N,) uint8
     and buf_rows[:buf_count]: the exact buffer; flags (N,) uint8 and hint (1,): the written
     rows; queries (H, W); codes, scale, slack: the buffer's int16 copy (:func:`hot_add`; used
-    above ``HOT_EXACT`` members) and margin: :func:`hot_margin` of W.
+    above ``HOT_EXACT`` members) and margin: :func:`hot_margin` of W. Past ``KEPT`` near-ties
+    in the buffer (rows scoring within their slack of the k-th best) every member is re-scored.
     Writes out_rows (H, k) int64 and out_sims (H, k) float64, ordered by (-sim, row).
     """
     n_heads = queries.shape[0]

@@ -18,6 +18,7 @@ near-ties to re-score exactly on an untrained model's memory; int16's is about 2
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 #: rows per block (the vector width in float32 lanes)
@@ -39,6 +40,15 @@ def score_blocks(typingctx, codes, blk0, scale, slack, queries, h0, out, top):
     (float32) and ``top[h, g] = max over the block's lanes of out[h, .] + slack[i]`` (float32).
     No bounds are checked: the caller keeps every index in range.
     """
+    def array(t, dtypes, ndim):
+        return isinstance(t, types.Array) and t.dtype in dtypes and t.ndim == ndim and t.layout == "C"
+
+    f32 = (types.float32,)
+    if not (array(codes, (types.int16,), 3) and all(array(t, f32, 1) for t in (scale, slack))
+            and all(array(t, f32, 2) for t in (queries, out, top))
+            and all(isinstance(t, types.Integer) for t in (blk0, h0))):
+        raise TypingError("score_blocks takes codes (nblk, W, LANES) int16, scale and slack (n,) "
+                          "float32, queries, out and top 2-d float32, all C-contiguous, and integer blk0, h0")
     sig = types.void(codes, blk0, scale, slack, queries, h0, out, top)
 
     def codegen(context, builder, signature, args):
@@ -104,6 +114,8 @@ def prefetch_row(typingctx, array, row):
     """Ask the CPU to start loading the first two cache lines of ``array[row]`` (a 2-d C array)
     now (``llvm.prefetch``; a hint, never a fault): the rows an index proposes are scattered
     over the memory, and loading many at once hides the latency of each."""
+    if not (isinstance(array, types.Array) and array.ndim == 2 and isinstance(row, types.Integer)):
+        raise TypingError("prefetch_row takes a 2-d array and an integer row")
     sig = types.void(array, row)
 
     def codegen(context, builder, signature, args):
