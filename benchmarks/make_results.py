@@ -913,8 +913,9 @@ def generalise_section(src):
             "with a seed no training run saw. Chance: half the answer's bits.", ""]
     trained = [r.get("trained_max_steps") for _, r in src.rows("runs")]
     if trained and all(isinstance(t, int | float) and t < 10_000 for t in trained):
-        out += [f"Interim: no run here was trained on episodes of 10,000 steps (the paper's Figure 8 and issue "
-                f"14 ask for that); the longest curriculum maximum is {num(max(trained), 0)} steps.", ""]
+        longest = num(max(trained), 0)
+        out += ["Interim: no run here was trained on episodes of 10,000 steps (the paper's Figure 8 and "
+                f"issue 14 ask for that); the longest curriculum maximum is {longest} steps.", ""]
     return out
 
 
@@ -1185,8 +1186,8 @@ SECTIONS = [
      soak_section, None),
     ("soak_rebuild/after.json", "Soak at N = 200,000: rebuild spread over flushes, 8,192 hot rows (after)",
      soak_section, None),
-    ("soak_rebuild/after_rerun.json", "Soak at N = 200,000: the after index (369eaa6) again, beside the int16 run",
-     soak_section, None),
+    ("soak_rebuild/after_rerun.json",
+     "Soak at N = 200,000: the after index (369eaa6) again, beside the int16 run", soak_section, None),
     ("soak_rebuild/int16.json", "Soak at N = 200,000: hot tier scored from an int16 copy (2265474)",
      soak_section, None),
     ("distributed.json", "Training on more than one process (torchrun)", distributed_section,
