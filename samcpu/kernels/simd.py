@@ -1,5 +1,5 @@
-"""One SIMD kernel numba's loop vectoriser does not find: queries against int16 rows laid out
-in blocks of ``LANES`` rows, transposed.
+"""Two things numba's own code does not give: a SIMD kernel (queries against int16 rows laid
+out in blocks of ``LANES`` rows, transposed) and a prefetch.
 
 A block holds ``LANES`` rows as ``codes[blk, j, lane]`` (W x LANES int16): value j of every row
 of the block is one contiguous ``LANES``-vector, so a query's dot products with the whole
@@ -10,10 +10,11 @@ compiled to scalar code here (3-10x slower than this).
 
 The int16 copy is half the size of a float32 one, which matters as much as the layout: a
 query's pass over hot tiers of 8,192 rows per batch element streams 8 MB of float32 over 8
-elements, more than the cores' L2. Measured per batch element at 8,192 rows, W = 32, 4 heads,
-8 elements in turn: 100 us for the row-major float32 loop numba compiles, 62 us for this kernel
-on float32, 35 us on int16, 22 us on int8 (whose error bound, about 0.005, leaves hundreds of
-near-ties to re-score exactly on an untrained model's memory; int16's is about 2e-5).
+elements, more than the cores' L2. Per batch element at 8,192 rows, W = 32, 4 heads, 8
+elements in turn (scratch measurements beside a training run on the other core, so rough):
+100 us for the row-major float32 loop numba compiles, 62 us for this kernel on float32, 35 us
+on int16, 22 us on int8 (whose error bound, about 0.005, left hundreds of near-ties to re-score
+exactly on an untrained model's memory; int16's is about 2e-5).
 """
 from llvmlite import ir
 from numba import types
