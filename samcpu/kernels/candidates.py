@@ -257,11 +257,10 @@ def rescore_candidates(memory, cand, buf_flags, buf_rows, buf_count, flags, hint
         hot, n_hot = hot_candidates(codes, scale, slack, buf_rows, buf_count, queries, k, eps, margin)
         for i in range(n_hot):
             prefetch_row(memory, hot[i])
-        scan_topk_fast(memory, extra, 0, n_extra, queries, qnorms, eps, out_rows, out_sims, n)
-        scan_topk_fast(memory, hot, 0, n_hot, queries, qnorms, eps, out_rows, out_sims, n)
     else:
-        scan_topk_fast(memory, extra, 0, n_extra, queries, qnorms, eps, out_rows, out_sims, n)
-        scan_topk_fast(memory, buf_rows, 0, buf_count, queries, qnorms, eps, out_rows, out_sims, n)
+        hot, n_hot = buf_rows, buf_count
+    scan_topk_fast(memory, extra, 0, n_extra, queries, qnorms, eps, out_rows, out_sims, n)
+    scan_topk_fast(memory, hot, 0, n_hot, queries, qnorms, eps, out_rows, out_sims, n)
     free = np.empty(k, np.int64)
     n_free = unwritten_rows(flags, hint, k, free)
     for h in range(n_heads):
