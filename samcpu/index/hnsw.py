@@ -189,9 +189,14 @@ class HNSWIndex(Index):
     # -------------------------------------------------------------- interface
     def update(self, rows):
         # flush what earlier calls made hot first, so the rows of this step stay in the hot
-        # tier for this step's query
-        if (self.buffer.counts >= self.flush_at).any():
-            self._each(lambda b: self.buffer.counts[b] >= self.flush_at[b] and self._flush(b))
+        # tier for this step's query; with several threads, the elements within half a cooling of
+        # their flush point flush too, so that the threads share the work (a flush is one
+        # thread's work: alone, it leaves the others idle) and the elements keep flushing together
+        due = self.buffer.counts >= self.flush_at
+        if due.any():
+            if self._pool is not None:
+                due = self.buffer.counts >= self.flush_at - self.cool_rows // 2
+            self._each(lambda b: due[b] and self._flush(b))
         self.clock += 1
         mask = rows >= 0
         self.last_write[np.nonzero(mask)[0], rows[mask]] = self.clock
