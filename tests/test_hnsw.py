@@ -556,3 +556,59 @@ def test_a_score_from_the_int16_copy_is_within_its_slack_of_the_exact_one(width)
         memory / np.sqrt((memory ** 2).sum(1, keepdims=True) + EPS)).T
     err = np.abs(exact - out[:, :n]) - slack[:n]
     assert err.max() <= hot_margin(width), err.max()
+
+
+def test_deferred_invalidations_leave_the_index_as_adding_them_at_once():
+    """Rewinds defer their rows until the next query; the hot tier (members in order, flags,
+    int16 copies) then equals a twin's that added every rewound row at once, and both go on
+    answering the same, through flushes."""
+    from samcpu.index.hnsw import HNSWIndex
+
+    rng = np.random.default_rng(31)
+    opts = dict(flush_rows=24, num_threads=2)
+    a, b = (samcpu.SparseMemory(2, 3000, 8, num_heads=2, k=3, index="hnsw", index_options=opts)
+            for _ in range(2))
+    b.index.invalidate = lambda rows: HNSWIndex._hot_add(b.index, rows)  # the twin: at once
+    for cycle in range(4):
+        for _ in range(60):
+            x = random_step_inputs(rng, 2, 2, 8, None, np.float32)
+            np.testing.assert_array_equal(a.step(*x).rows, b.step(*x).rows)
+        for back in (45, 30, 52):  # rewinds and replays, as a backward pass and a re-run do
+            for mem in (a, b):
+                mem.rewind(back)
+                mem.rewind(mem.latest if cycle % 2 else back + 3)
+        assert a.index._stale  # deferred: nothing added yet
+        a.index._apply_stale()
+        ia, ib = a.index, b.index
+        np.testing.assert_array_equal(ia.buffer.counts, ib.buffer.counts)
+        for i in range(2):  # (the arrays' capacities may differ: they grow by the rows added per call)
+            n = ia.buffer.counts[i]
+            np.testing.assert_array_equal(ia.buffer.members[i, :n], ib.buffer.members[i, :n])
+            np.testing.assert_array_equal(ia.buffer.flags[i], ib.buffer.flags[i])
+            blk, lane = np.arange(n) // 16, np.arange(n) % 16
+            (codes_a, *rest_a), (codes_b, *rest_b) = ia.hot_copy, ib.hot_copy
+            np.testing.assert_array_equal(codes_a[i, blk, :, lane], codes_b[i, blk, :, lane])
+            for x, y in zip(rest_a, rest_b, strict=True):  # scale and slack
+                np.testing.assert_array_equal(x[i, :n], y[i, :n])
+    assert a.index.stats() == b.index.stats()
+
+
+def test_deferred_invalidations_are_bounded_and_dropped_by_a_reset():
+    """Past STALE_ROWS rows per batch element the deferred rows are added at once (a long
+    backward pass holds no unbounded list); a reset drops them (the rows are zero)."""
+    from samcpu.index import hnsw
+
+    mem = samcpu.SparseMemory(1, 500, 4, num_heads=1, k=2, index="hnsw", index_options=dict(num_threads=1))
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        mem.step(*random_step_inputs(rng, 1, 1, 4, None, np.float32))
+    idx = mem.index
+    hot = len(idx.buffer)
+    idx.invalidate(np.full((1, hnsw.STALE_ROWS), 7))
+    assert idx._stale and len(idx.buffer) == hot
+    idx.invalidate(np.array([[8, -1]]))  # past the bound: everything is added now
+    assert not idx._stale and idx._stale_count == 0
+    mem.rewind(10)
+    assert idx._stale
+    mem.reset()
+    assert not idx._stale and len(idx.buffer) == 0

@@ -38,6 +38,10 @@ from ..kernels.candidates import batch_hot_add, hot_arrays, hot_compact, hot_mar
 from .base import Index, RowSet
 
 
+#: deferred invalidations are applied once they hold this many rows per batch element
+STALE_ROWS = 1 << 16
+
+
 class _Graph:
     """One batch element's hnswlib index and its label bookkeeping."""
 
@@ -155,6 +159,7 @@ class HNSWIndex(Index):
         self.old_live = np.zeros(b, np.int64)  # rows whose live label is in old[b]
         self.num_threads = max(1, min(num_threads, b))
         self._pool = ThreadPoolExecutor(self.num_threads - 1) if self.num_threads > 1 else None
+        self._stale, self._stale_count = [], 0  # deferred invalidations (see invalidate())
         self.rebuilds = 0
         self.inserted = 0  # vectors given to hnswlib (rebuilds included), summed over the batch
 
@@ -188,6 +193,7 @@ class HNSWIndex(Index):
 
     # -------------------------------------------------------------- interface
     def update(self, rows):
+        self._apply_stale()
         # flush what earlier calls made hot first, so the rows of this step stay in the hot
         # tier for this step's query; with several threads, the elements within half a cooling of
         # their flush point flush too, so that the threads share the work (a flush is one
@@ -200,10 +206,31 @@ class HNSWIndex(Index):
         self.clock += 1
         mask = rows >= 0
         self.last_write[np.nonzero(mask)[0], rows[mask]] = self.clock
-        self.invalidate(rows)
+        self._hot_add(rows)
 
     def invalidate(self, rows):
-        self._hot_add(rows)
+        """Deferred until the next call that reads the hot tier (a backward pass rewinds step
+        after step and queries none): the rows are added then, each re-quantised once, in the
+        order of their first invalidation, which leaves the hot tier exactly as adding them now
+        would (a row's copy is of its latest contents either way)."""
+        rows = np.array(rows, np.int64)  # a copy: the caller's array may be a journal's
+        self._stale.append(rows)
+        self._stale_count += rows.shape[1]
+        if self._stale_count > STALE_ROWS:
+            self._apply_stale()
+
+    def _apply_stale(self):
+        """Add the rows of the deferred invalidations to the hot tier (see :meth:`invalidate`)."""
+        if not self._stale:
+            return
+        rows = np.concatenate(self._stale, axis=1)
+        self._stale, self._stale_count = [], 0
+        out = np.full_like(rows, -1)
+        for b, r in enumerate(rows):
+            r = r[r >= 0]
+            _, first = np.unique(r, return_index=True)
+            out[b, : len(first)] = r[np.sort(first)]
+        self._hot_add(out[:, : max(1, int((out >= 0).sum(1).max()))])
 
     def _hot_add(self, rows):
         """Add ``rows`` (B, R) (-1 padded) to the hot tier, refreshing the int16 copy of each
@@ -222,6 +249,7 @@ class HNSWIndex(Index):
         """Delete the graph labels of ``rows`` (B, R) now (``mark_deleted``, about 1 us each)
         instead of at the next flush; the rows go to the exact buffer, so one that is not zero
         after all is still found and re-indexed at the next flush."""
+        self._apply_stale()
         rows = np.asarray(rows, np.int64)
         self._hot_add(rows)  # first: whatever happens below, the rows stay findable
         for b in range(len(self.graphs)):
@@ -237,6 +265,7 @@ class HNSWIndex(Index):
         self.row_label[b, rows[code != 0]] = 0
 
     def query(self, queries, k):
+        self._apply_stale()
         fetch = k + self.overfetch
         n_batch, n_heads = queries.shape[:2]
         graphs = 1 if all(g is None for g in self.old) else 2  # two while a rebuild drains one
@@ -266,6 +295,7 @@ class HNSWIndex(Index):
 
     def flush(self):
         """Move every non-zero hot row into hnswlib now (zero rows stay hot)."""
+        self._apply_stale()
         self._each(lambda b: self._flush(b, keep_hot=0))
 
     def _flush(self, b, keep_hot=None):
@@ -346,6 +376,7 @@ class HNSWIndex(Index):
 
     def finish_rebuilds(self):
         """Complete every rebuild in progress now (a bulk insert of the rows still pending)."""
+        self._apply_stale()
         self._each(lambda b: self.old[b] is not None and self._migrate(b, self.old_live[b]))
 
     def save(self, directory):
@@ -353,7 +384,8 @@ class HNSWIndex(Index):
         hot row's last write, the clock and the flush points), and for a rebuild in progress the
         old graph (``hnsw_old_<b>.bin``), its labels and the rows still pending: the index as it
         is, so a loaded memory's index goes on exactly as this one does (saving changes nothing
-        here)."""
+        here, but for applying deferred invalidations)."""
+        self._apply_stale()
         names = []
         for b, g in enumerate(self.graphs):
             for prefix, graph in (("hnsw", g), ("hnsw_old", self.old[b])):
@@ -514,6 +546,7 @@ class HNSWIndex(Index):
                                                                     self.buffer.counts + self.cool_rows))
 
     def reset(self):
+        self._stale, self._stale_count = [], 0  # the rows are zero now: nothing to add
         for b, g in enumerate(self.graphs):
             for graph in (g, self.old[b]):
                 if graph is not None:
@@ -531,12 +564,14 @@ class HNSWIndex(Index):
         return [g for g in self.graphs + self.old if g is not None]
 
     def __len__(self):
+        self._apply_stale()
         return sum(g.live for g in self.graphs) + int(self.old_live.sum()) + len(self.buffer)
 
     def stats(self):
         """Live labels, deleted labels (both graphs of a rebuild in progress), hot (buffered)
         rows, rebuilds finished, rows a rebuild in progress has still to look at, and vectors
         inserted into hnswlib (rebuilds included), summed over the batch."""
+        self._apply_stale()
         return dict(live=sum(g.live for g in self.graphs) + int(self.old_live.sum()),
                     deleted=sum(g.next_label for g in self._all_graphs()) - sum(g.live for g in self.graphs)
                     - int(self.old_live.sum()), buffered=len(self.buffer),
