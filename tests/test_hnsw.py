@@ -612,3 +612,27 @@ def test_deferred_invalidations_are_bounded_and_dropped_by_a_reset():
     assert idx._stale
     mem.reset()
     assert not idx._stale and len(idx.buffer) == 0
+
+
+def test_with_threads_elements_near_their_flush_point_flush_together():
+    """With several threads a flush takes every element within cool_rows // 2 of its flush
+    point along (the threads share the work), and none further away; answers stay exact."""
+    rng = np.random.default_rng(41)
+    opts = dict(WIDE, flush_rows=64, cool_rows=32, num_threads=2)
+    a = samcpu.SparseMemory(4, 2000, 8, num_heads=2, k=3, index="hnsw", index_options=opts)
+    e = samcpu.SparseMemory(4, 2000, 8, num_heads=2, k=3, index="exact")
+    idx, flushed = a.index, []
+    plain = type(idx)._flush
+    idx._flush = lambda b, keep_hot=None: (flushed.append(b), plain(idx, b, keep_hot))
+    together = 0
+    for t in range(400):
+        counts, flush_at = idx.buffer.counts.copy(), idx.flush_at.copy()
+        flushed.clear()
+        x = random_step_inputs(rng, 4, 2, 8, None, np.float32)
+        np.testing.assert_array_equal(a.step(*x).rows, e.step(*x).rows, err_msg=f"step {t + 1}")
+        if (counts >= flush_at).any():
+            assert sorted(flushed) == np.flatnonzero(counts >= flush_at - 16).tolist()
+            together += len(flushed) > 1
+        else:
+            assert not flushed
+    assert together >= 3
