@@ -195,14 +195,9 @@ class HNSWIndex(Index):
     def update(self, rows):
         self._apply_stale()
         # flush what earlier calls made hot first, so the rows of this step stay in the hot
-        # tier for this step's query; with several threads, the elements within half a cooling of
-        # their flush point flush too, so that the threads share the work (a flush is one
-        # thread's work: alone, it leaves the others idle) and the elements keep flushing together
-        due = self.buffer.counts >= self.flush_at
-        if due.any():
-            if self._pool is not None:
-                due = self.buffer.counts >= self.flush_at - self.cool_rows // 2
-            self._each(lambda b: due[b] and self._flush(b))
+        # tier for this step's query
+        if (self.buffer.counts >= self.flush_at).any():
+            self._each(lambda b: self.buffer.counts[b] >= self.flush_at[b] and self._flush(b))
         self.clock += 1
         mask = rows >= 0
         self.last_write[np.nonzero(mask)[0], rows[mask]] = self.clock
@@ -224,13 +219,15 @@ class HNSWIndex(Index):
         if not self._stale:
             return
         rows = np.concatenate(self._stale, axis=1)
-        self._stale, self._stale_count = [], 0
         out = np.full_like(rows, -1)
         for b, r in enumerate(rows):
             r = r[r >= 0]
             _, first = np.unique(r, return_index=True)
             out[b, : len(first)] = r[np.sort(first)]
         self._hot_add(out[:, : max(1, int((out >= 0).sum(1).max()))])
+        # forgotten only once added (if adding failed, the next call adds them again: adding a
+        # member again only refreshes its copy)
+        self._stale, self._stale_count = [], 0
 
     def _hot_add(self, rows):
         """Add ``rows`` (B, R) (-1 padded) to the hot tier, refreshing the int16 copy of each
