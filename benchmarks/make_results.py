@@ -781,12 +781,16 @@ LONG_LABELS = {"before": "before (the index of commit 797c908)", "after": "after
                "efc32": "two-tier, ef_construction 32, ef 48",
                "int16": "two-tier, hot tier scored from an int16 copy (SIMD)",
                "int16_rerun": "int16 re-run (15:02 UTC; the next row ran right after it)",
-               "together": "int16 + elements near their flush point flush together",
-               "lazy": "+ invalidations deferred to the next query (15:45)",
+               "together": "int16 + elements near their flush point flush together (reverted)",
+               "lazy": "the same + invalidations deferred (15:45)",
                "lazy_again": "the same again (15:52; the next row ran right after it)",
-               "int16_again": "int16 re-run again"}
+               "int16_again": "int16 re-run again",
+               "lazy_only": "int16 + invalidations deferred: the index now (16:20)",
+               "int16_third": "int16 re-run a third time (16:28; the next row ran right after it)",
+               "lazy_only_again": "the index now, again"}
 #: labels a run may lack without a "not measured yet" line
-LONG_OPTIONAL = ("efc32", "int16", "int16_rerun", "together", "lazy", "lazy_again", "int16_again")
+LONG_OPTIONAL = ("efc32", "int16", "int16_rerun", "together", "lazy", "lazy_again", "int16_again",
+                 "lazy_only", "int16_third", "lazy_only_again")
 
 
 def _loads(before, after):
