@@ -789,8 +789,7 @@ LONG_LABELS = {"before": "before (the index of commit 797c908)", "after": "after
                "int16_third": "int16 re-run a third time (16:28; the next row ran right after it)",
                "lazy_only_again": "the index now, again"}
 #: labels a run may lack without a "not measured yet" line
-LONG_OPTIONAL = ("efc32", "int16", "int16_rerun", "together", "lazy", "lazy_again", "int16_again",
-                 "lazy_only", "int16_third", "lazy_only_again")
+LONG_OPTIONAL = tuple(label for label in LONG_LABELS if label not in ("before", "after"))
 
 
 def _loads(before, after):

@@ -620,7 +620,10 @@ def test_deferred_invalidations_are_bounded_and_dropped_by_a_reset():
     mem.rewind(10)
     pending = np.unique(np.concatenate(idx._stale, axis=1))
     assert len(pending) > 1
-    idx._hot_add = lambda rows: (_ for _ in ()).throw(MemoryError("injected"))
+    def failing_add(rows):
+        raise MemoryError("injected")
+
+    idx._hot_add = failing_add
     with pytest.raises(MemoryError):
         len(idx)  # applies the deferred rows: adding them fails
     del idx._hot_add
