@@ -427,12 +427,17 @@ def test_a_hot_tier_compacted_by_flushes_still_answers_exactly():
     opts = dict(WIDE, ef=3000, flush_rows=300, cool_rows=100, num_threads=2)
     a = samcpu.SparseMemory(2, 2000, 8, num_heads=3, k=4, index="hnsw", index_options=opts)
     b = samcpu.SparseMemory(2, 2000, 8, num_heads=3, k=4, index="exact")
+    one = samcpu.SparseMemory(2, 2000, 8, num_heads=3, k=4, index="hnsw",
+                              index_options=dict(opts, num_threads=1))
     pool = rng.normal(size=(6, 8))
     for t in range(400):  # up to 15 rows a step: the memory fills and the LRA row recycles
         inputs = random_step_inputs(rng, 2, 3, 8, pool if t % 4 == 0 else None, np.float32)
-        x, y = a.step(*inputs), b.step(*inputs)
+        x, y, z = a.step(*inputs), b.step(*inputs), one.step(*inputs)
         np.testing.assert_array_equal(x.rows, y.rows, err_msg=f"step {t + 1}")
+        np.testing.assert_array_equal(z.rows, y.rows, err_msg=f"step {t + 1}")
     assert (a.index.buffer.counts > 64).all() and a.index.stats()["live"] > 0
+    # the two threads count per batch element: the same statistics as one thread
+    assert a.index.stats() == one.index.stats() and a.index.inserted > 0
 
 
 def test_hot_candidates_keep_every_row_of_the_exact_top_k():

@@ -160,8 +160,9 @@ class HNSWIndex(Index):
         self.num_threads = max(1, min(num_threads, b))
         self._pool = ThreadPoolExecutor(self.num_threads - 1) if self.num_threads > 1 else None
         self._stale, self._stale_count = [], 0  # deferred invalidations (see invalidate())
-        self.rebuilds = 0
-        self.inserted = 0  # vectors given to hnswlib (rebuilds included), summed over the batch
+        # per batch element, so that the threads of _each never add to the same counter
+        self._rebuilds = np.zeros(b, np.int64)  # rebuilds finished
+        self._inserted = np.zeros(b, np.int64)  # vectors given to hnswlib (rebuilds included)
 
     def _new_graph(self, b, capacity=None, path=None, label_row=None):
         return _Graph(self.memory.shape[2], capacity or self.capacity, self.m,
@@ -331,7 +332,7 @@ class HNSWIndex(Index):
         insert = cool & ~still
         self._drop_labels(b, rows[(code != 0) & ((cool & ~still) | ~nonzero)])
         g.insert(vals[insert], rows[insert], self.row_label[b])
-        self.inserted += int(insert.sum())
+        self._inserted[b] += int(insert.sum())
         buf.counts[b] = hot_compact(buf.flags[b], buf.members[b], count, self.hot_slot[b],
                                     *(a[b] for a in self.hot_copy), hot | ~nonzero)
         self.flush_at[b] = max(self.flush_rows, buf.counts[b] + self.cool_rows)
@@ -364,12 +365,12 @@ class HNSWIndex(Index):
             self._drop_labels(b, rows)
             rows = rows[flags[rows] == 0]
             self.graphs[b].insert(np.asarray(self.memory[b, rows], np.float32), rows, self.row_label[b])
-            self.inserted += len(rows)
+            self._inserted[b] += len(rows)
             moved += len(rows)
         self.pending[b] = pending
         if self.old_live[b] == 0:  # every row has left the old graph
             self.old[b] = self.pending[b] = None
-            self.rebuilds += 1
+            self._rebuilds[b] += 1
 
     def finish_rebuilds(self):
         """Complete every rebuild in progress now (a bulk insert of the rows still pending)."""
@@ -556,6 +557,16 @@ class HNSWIndex(Index):
             if g.next_label:  # a graph that never held a row is kept: init_index costs ~1.5 ms
                 self.graphs[b] = self._new_graph(b)
         self.flush_at[:] = self.flush_rows
+
+    @property
+    def rebuilds(self):
+        """Rebuilds finished since the index was made, summed over the batch."""
+        return int(self._rebuilds.sum())
+
+    @property
+    def inserted(self):
+        """Vectors given to hnswlib since the index was made (rebuilds included), summed over the batch."""
+        return int(self._inserted.sum())
 
     def _all_graphs(self):
         return [g for g in self.graphs + self.old if g is not None]
