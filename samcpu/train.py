@@ -964,5 +964,9 @@ def add_arguments(p):
                         f"(default {distributed.DEFAULT_TIMEOUT})")
     p.add_argument("--checkpoint-every", type=positive, help=_with_default("checkpoint_every", "episodes"))
     p.add_argument("--out", default="runs/latest", help="the run's folder (default runs/latest)")
-    p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt")
+    changeable = ", ".join("--" + a.replace("_", "-") for a in RESUMABLE_ARGS)
+    p.add_argument("--resume", action="store_true",
+                   help=f"go on from OUT/checkpoint.pt; options left out take the checkpoint's values, only "
+                        f"{changeable} (and --max-level upwards on copy, recall and follow) may change, e.g. "
+                        "a lower --lr for a curriculum that has stalled")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
