@@ -697,7 +697,8 @@ def _run(args, ck, changed, ckpt_path, world=_ONE_RANK, threads_given=True):
     previous_term = signal.signal(signal.SIGTERM, interrupts.terminate) if world.active else None
     try:
         new_file = main and not os.path.exists(csv_path)
-        with open(csv_path, "a", newline="") if main else contextlib.nullcontext() as out:
+        # line-buffered: each episode's row shows at once (rows past the checkpoint are cut on --resume)
+        with open(csv_path, "a", newline="", buffering=1) if main else contextlib.nullcontext() as out:
             writer = csv.DictWriter(out, fields) if main else None
             if new_file:
                 writer.writeheader()

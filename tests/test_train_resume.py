@@ -212,6 +212,20 @@ def test_a_second_ctrl_c_mid_episode_abandons_it_and_the_resume_is_exact(tmp_pat
     assert_same_run(ref, out)
 
 
+def test_each_episodes_row_reaches_the_csv_at_once(tmp_path, monkeypatch):
+    """A long run's progress shows between checkpoints: when an episode starts, every earlier
+    episode's row is in metrics.csv already (checkpoints here only at the end)."""
+    out, real, seen = tmp_path / "run", train.episode_loss, []
+
+    def loss_after_reading_the_csv(model, batch):
+        seen.append(len(metrics(out)) if (out / "metrics.csv").exists() else None)
+        return real(model, batch)
+
+    monkeypatch.setattr(train, "episode_loss", loss_after_reading_the_csv)
+    assert main(["train", "--steps", "5", "--checkpoint-every", "100", "--out", str(out), *TINY]) == 0
+    assert seen == [0, 1, 2, 3, 4]
+
+
 def test_ctrl_c_during_a_checkpoint_write_lets_it_finish(tmp_path, monkeypatch, capsys):
     import os
 
