@@ -968,6 +968,6 @@ def add_arguments(p):
     changeable = ", ".join("--" + a.replace("_", "-") for a in RESUMABLE_ARGS)
     p.add_argument("--resume", action="store_true",
                    help=f"go on from OUT/checkpoint.pt; options left out take the checkpoint's values, only "
-                        f"{changeable} (and --max-level upwards on copy, recall and follow) may change, e.g. "
+                        f"{changeable} may change (and --max-level rise: see it), e.g. "
                         "a lower --lr for a curriculum that has stalled")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
