@@ -902,6 +902,43 @@ def generic_section(src):
     return out
 
 
+def _lr_cell(r):
+    changes = [f"{scalar(c.get('lr_from'))} -> {scalar(c.get('lr_to'))} ({num(c.get('episode'), 0)})"
+               for c in r.get("lr_changes") or [] if isinstance(c, dict)]
+    return "; ".join(changes) or scalar(r.get("lr"))
+
+
+def fig8_training_section(src):
+    """fig8_training.json: how far each Figure 8 run's curriculum has climbed, read from its CSV."""
+    runs = src.rows("runs")
+    rows = [[f"`{os.path.basename(str(r.get('folder')))}`", num(r.get("seed"), 0), num(r.get("episodes"), 0),
+             num(r.get("hours"), 1),
+             f"{num(src.at(r, ['max_items'], w), 0)} / {num(src.at(r, ['max_steps'], w), 0)}",
+             _lr_cell(r)] for w, r in runs]
+    out = table(["run", "seed", "episodes", "training hours", "curriculum maximum (items / steps)",
+                 "learning rate (changed at episode)"], rows, "lrrrrl")
+    for w, r in runs:
+        out += [f"`{r.get('folder')}`: every maximum the curriculum held (it doubles once the mean bits "
+                f"error of the last {num(r.get('patience'), 0)} hard episodes is under "
+                f"{num(r.get('threshold'), 1)}):", ""]
+        rows = [[num(m.get(k), 1 if k.endswith("hours") else 0)
+                 for k in ("items", "steps", "reached_episode", "reached_hours", "episodes", "hard_episodes",
+                           "hours")]
+                + [f"{num(m.get('hard_bits_error_last'), 2)} ({num(m.get('hard_last_count'), 0)})"]
+                for m in src.at(r, ["maxima"], w) or [] if isinstance(m, dict)]
+        out += table(["items", "steps", "from episode", "at hour", "episodes", "hard episodes", "hours",
+                      "last hard episodes: mean bits error (count)"], rows)
+    out += ["Hard episodes: those at the top quarter of the levels [1, maximum], which alone decide a "
+            "doubling since commit f81faf4 (2026-11-30). A maximum left with a mean over the threshold was "
+            "left under the rule before it, the mean over every level drawn; a run saved before it (no "
+            "`hard_fraction` in its checkpoint) counts every episode as hard. The last row of a run is the "
+            "maximum it holds now. Hours: the CSV's training seconds, one core.", ""]
+    png = os.path.splitext(src.path)[0] + ".png"
+    if os.path.exists(png):
+        out += [f"![fig8_training](../benchmarks/results/{os.path.basename(png)})", ""]
+    return out
+
+
 def generalise_section(src):
     """generalise.json: trained recall runs forward on far longer episodes (the paper's Figure 8)."""
     rows = []
@@ -1200,6 +1237,8 @@ SECTIONS = [
      soak_section, None),
     ("distributed.json", "Training on more than one process (torchrun)", distributed_section,
      f"{PY} benchmarks/distributed.py --repeats 4"),
+    ("fig8_training.json", "Figure 8: the training runs' curriculum", fig8_training_section,
+     f"{PY} benchmarks/fig8_training.py"),
     ("generalise.json", "Figure 8: associative recall on episodes far longer than trained",
      generalise_section, f"{PY} benchmarks/generalise.py"),
     ("synthetic_tasks.json", "SYNTHETIC bAbI-format and Omniglot-layout data: learning runs",

@@ -1,0 +1,154 @@
+"""The Figure 8 runs' training: how far each curriculum has climbed towards 10,000-step episodes.
+
+    python benchmarks/fig8_training.py [--runs runs/fig8/recall_long_s0 ...] [--out FILE]
+
+What is read
+  Each run folder of ``samcpu train --task recall`` (its metrics.csv, or metrics.csv.gz, and its
+  checkpoint.pt); nothing is trained or evaluated (benchmarks/generalise.py evaluates).
+What is reported
+  Per run: seed, episodes, training hours (the CSV's ``seconds``, summed over every session and
+  resume), the curriculum's maximum (items and steps), the learning rate and its changes on
+  resumes (the checkpoint's ``resumes``), and for every maximum the curriculum held: the episode
+  and hour it was reached, the episodes, hard episodes and hours spent there, and the mean bits
+  error of the last ``patience`` hard episodes there (the curriculum's criterion: the maximum
+  doubles once that mean is under the run's threshold; hard levels are those
+  :class:`samcpu.tasks.curriculum.Curriculum` counts). Written to --out (default
+  ``benchmarks/results/fig8_training.json``), with a plot beside it (same name, ``.png``): the
+  maximum episode length and the hard episodes' rolling error against training hours, learning
+  rate changes marked.
+"""
+import argparse
+import csv
+import gzip
+import os
+import sys
+
+import numpy as np
+
+from common import HERE, machine_info, write_json
+from recall_long import steps_of
+
+from samcpu.tasks.curriculum import Curriculum
+from samcpu.train import load_checkpoint
+
+
+def read_csv(folder):
+    """The run's metrics as float arrays by column (metrics.csv, else metrics.csv.gz)."""
+    path = os.path.join(folder, "metrics.csv")
+    opener = open
+    if not os.path.exists(path):
+        path, opener = path + ".gz", gzip.open
+    with opener(path, "rt") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
+
+
+def hard_from(curriculum, level):
+    """The lowest level the curriculum counts as hard while its maximum is ``level``."""
+    c = Curriculum(curriculum["max_level"], 1, curriculum["threshold"], curriculum["patience"],
+                   curriculum.get("hard_fraction"))  # absent: saved before the hard-level rule
+    c.current = level
+    return c.hard_from
+
+
+def summarise(folder):
+    ck = load_checkpoint(os.path.join(folder, "checkpoint.pt"))
+    cur, args = ck["curriculum"], ck["args"]
+    m = read_csv(folder)
+    episode, level = m["episode"].astype(int), m["level"].astype(int)
+    # a row's max_level is the maximum after its episode's update: the episode was drawn (and
+    # judged) under the row before's
+    top = np.concatenate([[cur.get("start_level", 1)], m["max_level"].astype(int)[:-1]])
+    hours, bits = m["seconds"] / 3600, m["bits_error"]
+    maxima = []
+    for value in dict.fromkeys(top.tolist()):  # in the order the curriculum reached them
+        at = np.flatnonzero(top == value)
+        hard = at[level[at] >= hard_from(cur, value)]
+        last = bits[hard[-cur["patience"]:]]
+        maxima.append(dict(items=value, steps=steps_of(value), reached_episode=int(episode[at[0]]),
+                           reached_hours=float(hours[at[0]]), episodes=len(at), hard_episodes=len(hard),
+                           hours=float(hours[at[-1]] - hours[at[0]]),
+                           hard_bits_error_last=float(last.mean()) if len(last) else None,
+                           hard_last_count=len(last)))
+    lr_changes = [dict(episode=int(r["episode"]), lr_from=r["changed"]["lr"][0], lr_to=r["changed"]["lr"][1])
+                  for r in ck.get("resumes", []) if "lr" in r.get("changed", {})]
+    run = dict(folder=os.path.relpath(folder, os.path.join(HERE, "..")), seed=args["seed"],
+               slots=args["slots"], batch=args["batch"], episodes=int(ck["episode"]), hours=float(hours[-1]),
+               max_items=int(cur["current"]), max_steps=steps_of(int(cur["current"])),
+               cap_items=int(cur["max_level"]), threshold=cur["threshold"], patience=cur["patience"],
+               lr=args["lr"], lr_changes=lr_changes, maxima=maxima)
+    # the criterion's window: the mean of the last `patience` hard episodes under one maximum
+    # (the history is cleared at a doubling), NaN between maxima so that the line breaks there
+    curve = dict(hours=hours, steps=[steps_of(int(v)) for v in top], hard_hours=[], hard_mean=[])
+    w = cur["patience"]
+    for value in dict.fromkeys(top.tolist()):
+        at = np.flatnonzero(top == value)
+        hard = at[level[at] >= hard_from(cur, value)]
+        if len(hard) >= w:
+            curve["hard_hours"] += [*hours[hard[w - 1:]], np.nan]
+            curve["hard_mean"] += [*np.convolve(bits[hard], np.ones(w) / w, mode="valid"), np.nan]
+    lr_hours = [float(hours[np.searchsorted(episode, c["episode"], side="right") - 1]) for c in lr_changes]
+    return run, curve, lr_hours
+
+
+def plot(runs, curves, lr_hours, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for i, (r, c, lrs) in enumerate(zip(runs, curves, lr_hours, strict=True)):
+        colour = f"C{i}"
+        name = os.path.basename(r["folder"])
+        top.step(c["hours"], c["steps"], where="post", color=colour, label=name)
+        if len(c["hard_mean"]):
+            bottom.plot(c["hard_hours"], c["hard_mean"], color=colour, linewidth=0.8, label=name)
+        for h in lrs:
+            for ax in (top, bottom):
+                ax.axvline(h, color=colour, linestyle=":", linewidth=1)
+    top.axhline(10_000, color="grey", linewidth=0.8, label="10,000 steps (the paper's Figure 8)")
+    top.set_yscale("log")
+    top.set_ylabel("longest episode in the curriculum (steps)")
+    top.set_title("SAM, N = 1,000,000, associative recall, full BPTT (dotted: learning rate changed)")
+    top.legend(fontsize=8)
+    bottom.axhline(runs[0]["threshold"], color="grey", linewidth=0.8, label="threshold")
+    bottom.set_ylabel(f"bits error, mean of the last {runs[0]['patience']} hard episodes")
+    bottom.set_xlabel("training hours (one core)")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", nargs="+", default=[os.path.join(HERE, "..", "runs", "fig8", f"recall_long_{s}")
+                                                 for s in ("s0", "s1", "s2_lr1e-4")])
+    p.add_argument("--out", default=os.path.join(HERE, "results", "fig8_training.json"))
+    args = p.parse_args()
+    runs, curves, lr_hours = [], [], []
+    for folder in args.runs:
+        run, curve, lrs = summarise(folder)
+        runs.append(run)
+        curves.append(curve)
+        lr_hours.append(lrs)
+        print(f"{run['folder']}: {run['episodes']:,d} episodes, {run['hours']:.1f} h, curriculum maximum "
+              f"{run['max_items']:,d} items ({run['max_steps']:,d} steps)")
+        for x in run["maxima"]:
+            err = "n/a" if x["hard_bits_error_last"] is None else f"{x['hard_bits_error_last']:.2f}"
+            print(f"  {x['items']:5d} items from episode {x['reached_episode']:6d} "
+                  f"({x['reached_hours']:5.1f} h): {x['episodes']:6d} episodes, "
+                  f"{x['hard_episodes']:5d} hard, last {x['hard_last_count']} hard {err} bits")
+    png = os.path.splitext(args.out)[0] + ".png"
+    plot(runs, curves, lr_hours, png)
+    root = os.path.join(HERE, "..")
+    args.runs = [os.path.relpath(f, root) for f in args.runs]
+    args.out = os.path.relpath(args.out, root)
+    write_json(os.path.join(root, args.out), dict(
+        machine=machine_info(1), command=" ".join(["python benchmarks/fig8_training.py", *sys.argv[1:]]),
+        args=vars(args), runs=runs))
+    print(f"wrote {args.out}\nwrote {png}")
+
+
+if __name__ == "__main__":
+    main()
