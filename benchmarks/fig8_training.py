@@ -3,8 +3,9 @@
     python benchmarks/fig8_training.py [--runs runs/fig8/recall_long_s0 ...] [--out FILE]
 
 What is read
-  Each run folder of ``samcpu train --task recall`` (its metrics.csv, or metrics.csv.gz, and its
-  checkpoint.pt); nothing is trained or evaluated (benchmarks/generalise.py evaluates).
+  Each run folder of ``samcpu train --task recall`` (its metrics.csv, or metrics.csv.gz, up to the
+  episode of its checkpoint.pt, and the checkpoint); nothing is trained or evaluated
+  (benchmarks/generalise.py evaluates).
 What is reported
   Per run: seed, episodes, training hours (the CSV's ``seconds``, summed over every session and
   resume), the curriculum's maximum (items and steps), the learning rate and its changes on
@@ -55,6 +56,10 @@ def summarise(folder):
     ck = load_checkpoint(os.path.join(folder, "checkpoint.pt"))
     cur, args = ck["curriculum"], ck["args"]
     m = read_csv(folder)
+    # rows past the checkpoint (a run still going, or one stopped between checkpoints) are cut,
+    # as a resume cuts them: the figures are those of the state saved
+    keep = m["episode"] <= ck["episode"]
+    m = {k: v[keep] for k, v in m.items()}
     episode, level = m["episode"].astype(int), m["level"].astype(int)
     # a row's max_level is the maximum after its episode's update: the episode was drawn (and
     # judged) under the row before's
