@@ -39,9 +39,14 @@ def read_csv(folder):
     opener = open
     if not os.path.exists(path):
         path, opener = path + ".gz", gzip.open
-    with opener(path, "rt") as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
+    try:
+        with opener(path, "rt") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise SystemExit(f"{folder}: no metrics.csv (or metrics.csv.gz)") from None
+    if not rows:
+        raise SystemExit(f"{folder}: metrics.csv has no episodes yet")
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
 def hard_from(curriculum, level):
@@ -53,7 +58,12 @@ def hard_from(curriculum, level):
 
 
 def summarise(folder):
-    ck = load_checkpoint(os.path.join(folder, "checkpoint.pt"))
+    path = os.path.join(folder, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise SystemExit(f"{folder}: no checkpoint.pt (not a samcpu train run folder?)")
+    ck = load_checkpoint(path)
+    if ck["args"].get("task") != "recall":
+        raise SystemExit(f"{folder}: a {ck['args'].get('task')} run; this reads recall runs")
     cur, args = ck["curriculum"], ck["args"]
     m = read_csv(folder)
     # rows past the checkpoint (a run still going, or one stopped between checkpoints) are cut,
