@@ -36,6 +36,8 @@ from .memory import MAX_SLOTS
 from .nn import DAM, SAM
 from .tasks import DATA_TASKS, Curriculum, DataError, bits_error, make_task, masked_cross_entropy
 
+#: metrics.csv's columns; a row's ``max_level`` is the curriculum's maximum after its episode's
+#: update (so the episode that doubles it shows the new maximum; it was drawn under the row before's)
 CSV_FIELDS = ["episode", "level", "max_level", "loss", "bits_error", "ms_per_step", "seconds"]
 
 #: the task parameter that --max-level sets (the task's hardest level)

@@ -1,6 +1,7 @@
 """`samcpu train --resume` keeps every metric row, refuses another run's arguments and damaged
 checkpoints, and two Ctrl-C still leave a checkpoint that resumes bit for bit."""
 import csv
+import itertools
 import shutil
 import signal
 import subprocess
@@ -224,6 +225,18 @@ def test_each_episodes_row_reaches_the_csv_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "episode_loss", loss_after_reading_the_csv)
     assert main(["train", "--steps", "5", "--checkpoint-every", "100", "--out", str(out), *TINY]) == 0
     assert seen == [0, 1, 2, 3, 4]
+
+
+def test_a_rows_max_level_is_the_maximum_after_its_episode(tmp_path):
+    """benchmarks/fig8_training.py reads the maximum an episode was drawn under from the row
+    before: the episode that doubles the curriculum shows the new maximum."""
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "6", "--threshold", "100", "--patience", "1", "--out", str(out),
+                 *TINY]) == 0  # every hard episode is good enough: the maximum doubles (capped at 3)
+    rows = metrics(out)
+    assert (rows[0][1], rows[0][2]) == ("1", "2")  # drawn at 1, the only level; it doubled the maximum
+    assert all(int(r[1]) <= int(before[2]) for before, r in itertools.pairwise(rows))
+    assert rows[-1][2] == "3"
 
 
 def test_ctrl_c_during_a_checkpoint_write_lets_it_finish(tmp_path, monkeypatch, capsys):
