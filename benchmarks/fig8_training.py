@@ -75,16 +75,23 @@ def summarise(folder):
     # judged) under the row before's
     top = np.concatenate([[cur.get("start_level", 1)], m["max_level"].astype(int)[:-1]])
     hours, bits = m["seconds"] / 3600, m["bits_error"]
-    maxima = []
+    # per maximum held; the curve's window is the criterion's: the mean of the last `patience` hard
+    # episodes under one maximum (the history is cleared at a doubling), NaN between maxima so
+    # that the line breaks there
+    maxima, w = [], cur["patience"]
+    curve = dict(hours=hours, steps=[steps_of(int(v)) for v in top], hard_hours=[], hard_mean=[])
     for value in dict.fromkeys(top.tolist()):  # in the order the curriculum reached them
         at = np.flatnonzero(top == value)
         hard = at[level[at] >= hard_from(cur, value)]
-        last = bits[hard[-cur["patience"]:]]
+        last = bits[hard[-w:]]
         maxima.append(dict(items=value, steps=steps_of(value), reached_episode=int(episode[at[0]]),
                            reached_hours=float(hours[at[0]]), episodes=len(at), hard_episodes=len(hard),
                            hours=float(hours[at[-1]] - hours[at[0]]),
                            hard_bits_error_last=float(last.mean()) if len(last) else None,
                            hard_last_count=len(last)))
+        if len(hard) >= w:
+            curve["hard_hours"] += [*hours[hard[w - 1:]], np.nan]
+            curve["hard_mean"] += [*np.convolve(bits[hard], np.ones(w) / w, mode="valid"), np.nan]
     lr_changes = [dict(episode=int(r["episode"]), lr_from=r["changed"]["lr"][0], lr_to=r["changed"]["lr"][1])
                   for r in ck.get("resumes", []) if "lr" in r.get("changed", {})]
     run = dict(folder=os.path.relpath(folder, os.path.join(HERE, "..")), seed=args["seed"],
@@ -92,16 +99,6 @@ def summarise(folder):
                max_items=int(cur["current"]), max_steps=steps_of(int(cur["current"])),
                cap_items=int(cur["max_level"]), threshold=cur["threshold"], patience=cur["patience"],
                lr=args["lr"], lr_changes=lr_changes, maxima=maxima)
-    # the criterion's window: the mean of the last `patience` hard episodes under one maximum
-    # (the history is cleared at a doubling), NaN between maxima so that the line breaks there
-    curve = dict(hours=hours, steps=[steps_of(int(v)) for v in top], hard_hours=[], hard_mean=[])
-    w = cur["patience"]
-    for value in dict.fromkeys(top.tolist()):
-        at = np.flatnonzero(top == value)
-        hard = at[level[at] >= hard_from(cur, value)]
-        if len(hard) >= w:
-            curve["hard_hours"] += [*hours[hard[w - 1:]], np.nan]
-            curve["hard_mean"] += [*np.convolve(bits[hard], np.ones(w) / w, mode="valid"), np.nan]
     lr_hours = [float(hours[np.searchsorted(episode, c["episode"], side="right") - 1]) for c in lr_changes]
     return run, curve, lr_hours
 
