@@ -1,6 +1,6 @@
 """The Figure 8 runs' training: how far each curriculum has climbed towards 10,000-step episodes.
 
-    python benchmarks/fig8_training.py [--runs runs/fig8/recall_long_s0 ...] [--out FILE]
+    python benchmarks/fig8_training.py [--runs runs/fig8/recall_long_s0_lr1e-4 ...] [--out FILE]
 
 What is read
   Each run folder of ``samcpu train --task recall`` (its metrics.csv, or metrics.csv.gz, up to the
@@ -135,7 +135,7 @@ def plot(runs, curves, lr_hours, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", default=[os.path.join(HERE, "..", "runs", "fig8", f"recall_long_{s}")
-                                                 for s in ("s0", "s1", "s2_lr1e-4")])
+                                                 for s in ("s0_lr1e-4", "s1", "s2_lr1e-4")])
     p.add_argument("--out", default=os.path.join(HERE, "results", "fig8_training.json"))
     args = p.parse_args()
     runs, curves, lr_hours = [], [], []
