@@ -19,34 +19,32 @@ What is reported
   rate changes marked.
 """
 import argparse
-import csv
-import gzip
 import os
 import sys
 
 import numpy as np
 
 from common import HERE, machine_info, write_json
+from learning import read_metrics
 from recall_long import steps_of
 
 from samcpu.tasks.curriculum import Curriculum
 from samcpu.train import load_checkpoint
 
 
-def read_csv(folder):
-    """The run's metrics as float arrays by column (metrics.csv, else metrics.csv.gz)."""
-    path = os.path.join(folder, "metrics.csv")
-    opener = open
-    if not os.path.exists(path):
-        path, opener = path + ".gz", gzip.open
-    try:
-        with opener(path, "rt") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise SystemExit(f"{folder}: no metrics.csv (or metrics.csv.gz)") from None
-    if not rows:
-        raise SystemExit(f"{folder}: metrics.csv has no episodes yet")
-    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+#: the arguments a resume may change that bear on what is learned (not threads, steps, ...)
+LEARNING_ARGS = ("lr", "clip", "threshold", "anneal", "anneal_floor")
+
+
+def threshold_at(changes, current, episode):
+    """The curriculum threshold in force at ``episode``, given the resumes' ``changes`` (in order)
+    and the ``current`` one (a resume at episode E takes effect from E + 1)."""
+    moves = [c for c in changes if c["arg"] == "threshold"]
+    value = moves[0]["value_from"] if moves else current
+    for c in moves:
+        if c["episode"] < episode:
+            value = c["value_to"]
+    return value
 
 
 def hard_from(curriculum, level):
@@ -65,7 +63,9 @@ def summarise(folder):
     if ck["args"].get("task") != "recall":
         raise SystemExit(f"{folder}: a {ck['args'].get('task')} run; this reads recall runs")
     cur, args = ck["curriculum"], ck["args"]
-    m = read_csv(folder)
+    m = read_metrics(folder)
+    if not len(m["episode"]):
+        raise SystemExit(f"{folder}: metrics.csv has no episodes yet")
     # rows past the checkpoint (a run still going, or one stopped between checkpoints) are cut,
     # as a resume cuts them: the figures are those of the state saved
     keep = m["episode"] <= ck["episode"]
@@ -92,38 +92,42 @@ def summarise(folder):
         if len(hard) >= w:
             curve["hard_hours"] += [*hours[hard[w - 1:]], np.nan]
             curve["hard_mean"] += [*np.convolve(bits[hard], np.ones(w) / w, mode="valid"), np.nan]
-    lr_changes = [dict(episode=int(r["episode"]), lr_from=r["changed"]["lr"][0], lr_to=r["changed"]["lr"][1])
-                  for r in ck.get("resumes", []) if "lr" in r.get("changed", {})]
+    # what each resume changed that bears on learning (from the episode after its own on)
+    changes = [dict(episode=int(r["episode"]), arg=k, value_from=v[0], value_to=v[1])
+               for r in ck.get("resumes", []) for k, v in r.get("changed", {}).items() if k in LEARNING_ARGS]
+    for x in maxima:  # the threshold its last episode was judged against
+        x["threshold"] = threshold_at(changes, cur["threshold"], x["reached_episode"] + x["episodes"] - 1)
     run = dict(folder=os.path.relpath(folder, os.path.join(HERE, "..")), seed=args["seed"],
                slots=args["slots"], batch=args["batch"], episodes=int(ck["episode"]), hours=float(hours[-1]),
                max_items=int(cur["current"]), max_steps=steps_of(int(cur["current"])),
                cap_items=int(cur["max_level"]), threshold=cur["threshold"], patience=cur["patience"],
-               lr=args["lr"], lr_changes=lr_changes, maxima=maxima)
-    lr_hours = [float(hours[np.searchsorted(episode, c["episode"], side="right") - 1]) for c in lr_changes]
-    return run, curve, lr_hours
+               lr=args["lr"], changes=changes, maxima=maxima)
+    change_hours = [float(hours[np.searchsorted(episode, c["episode"], side="right") - 1]) for c in changes]
+    return run, curve, change_hours
 
 
-def plot(runs, curves, lr_hours, path):
+def plot(runs, curves, change_hours, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    for i, (r, c, lrs) in enumerate(zip(runs, curves, lr_hours, strict=True)):
+    for i, (r, c, changed) in enumerate(zip(runs, curves, change_hours, strict=True)):
         colour = f"C{i}"
         name = os.path.basename(r["folder"])
         top.step(c["hours"], c["steps"], where="post", color=colour, label=name)
         if len(c["hard_mean"]):
             bottom.plot(c["hard_hours"], c["hard_mean"], color=colour, linewidth=0.8, label=name)
-        for h in lrs:
+        for h in changed:
             for ax in (top, bottom):
                 ax.axvline(h, color=colour, linestyle=":", linewidth=1)
     top.axhline(10_000, color="grey", linewidth=0.8, label="10,000 steps (the paper's Figure 8)")
     top.set_yscale("log")
     top.set_ylabel("longest episode in the curriculum (steps)")
-    top.set_title("SAM, N = 1,000,000, associative recall, full BPTT (dotted: learning rate changed)")
+    top.set_title("SAM, N = 1,000,000, associative recall, full BPTT (dotted: lr or threshold changed)")
     top.legend(fontsize=8)
-    bottom.axhline(runs[0]["threshold"], color="grey", linewidth=0.8, label="threshold")
+    for t in sorted({x["threshold"] for r in runs for x in r["maxima"]}):
+        bottom.axhline(t, color="grey", linewidth=0.8, label=f"threshold {t:g}")
     bottom.set_ylabel(f"bits error, mean of the last {runs[0]['patience']} hard episodes")
     bottom.set_xlabel("training hours (one core)")
     bottom.legend(fontsize=8)
@@ -138,12 +142,12 @@ def main():
                                                  for s in ("s0_lr1e-4", "s1", "s2_lr1e-4")])
     p.add_argument("--out", default=os.path.join(HERE, "results", "fig8_training.json"))
     args = p.parse_args()
-    runs, curves, lr_hours = [], [], []
+    runs, curves, change_hours = [], [], []
     for folder in args.runs:
-        run, curve, lrs = summarise(folder)
+        run, curve, changed = summarise(folder)
         runs.append(run)
         curves.append(curve)
-        lr_hours.append(lrs)
+        change_hours.append(changed)
         print(f"{run['folder']}: {run['episodes']:,d} episodes, {run['hours']:.1f} h, curriculum maximum "
               f"{run['max_items']:,d} items ({run['max_steps']:,d} steps)")
         for x in run["maxima"]:
@@ -152,7 +156,7 @@ def main():
                   f"({x['reached_hours']:5.1f} h): {x['episodes']:6d} episodes, "
                   f"{x['hard_episodes']:5d} hard, last {x['hard_last_count']} hard {err} bits")
     png = os.path.splitext(args.out)[0] + ".png"
-    plot(runs, curves, lr_hours, png)
+    plot(runs, curves, change_hours, png)
     root = os.path.join(HERE, "..")
     args.runs = [os.path.relpath(f, root) for f in args.runs]
     args.out = os.path.relpath(args.out, root)

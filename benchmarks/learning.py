@@ -29,6 +29,7 @@ What is reported
 """
 import argparse
 import csv
+import gzip
 import math
 import os
 import re
@@ -110,9 +111,17 @@ def evaluate(out, batches, level=None, zero_reads=False, content_only=False):
 
 
 def read_metrics(out):
-    """The columns of a run's metrics.csv as float arrays, by name."""
-    with open(os.path.join(out, "metrics.csv")) as f:
-        rows = list(csv.DictReader(f))
+    """The columns of a run's metrics.csv (else metrics.csv.gz, as committed) as float arrays, by
+    name; empty arrays for a run with no episode yet."""
+    path = os.path.join(out, "metrics.csv")
+    opener = open
+    if not os.path.exists(path):
+        path, opener = path + ".gz", gzip.open
+    try:
+        with opener(path, "rt") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise SystemExit(f"{out}: no metrics.csv (or metrics.csv.gz)") from None
     from samcpu.train import CSV_FIELDS
     return {k: np.array([float(r[k]) for r in rows]) for k in CSV_FIELDS}
 

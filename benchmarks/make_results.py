@@ -902,10 +902,11 @@ def generic_section(src):
     return out
 
 
-def _lr_cell(r):
-    changes = [f"{scalar(c.get('lr_from'))} -> {scalar(c.get('lr_to'))} ({num(c.get('episode'), 0)})"
-               for c in r.get("lr_changes") or [] if isinstance(c, dict)]
-    return "; ".join(changes) or scalar(r.get("lr"))
+def _changes_cell(r):
+    changes = [f"--{str(c.get('arg')).replace('_', '-')} {scalar(c.get('value_from'))} -> "
+               f"{scalar(c.get('value_to'))} ({num(c.get('episode'), 0)})"
+               for c in r.get("changes") or [] if isinstance(c, dict)]
+    return "; ".join(changes) or "none"
 
 
 def fig8_training_section(src):
@@ -914,20 +915,20 @@ def fig8_training_section(src):
     rows = [[f"`{os.path.basename(str(r.get('folder')))}`", num(r.get("seed"), 0), num(r.get("episodes"), 0),
              num(r.get("hours"), 1),
              f"{num(src.at(r, ['max_items'], w), 0)} / {num(src.at(r, ['max_steps'], w), 0)}",
-             _lr_cell(r)] for w, r in runs]
+             scalar(r.get("lr")), _changes_cell(r)] for w, r in runs]
     out = table(["run", "seed", "episodes", "training hours", "curriculum maximum (items / steps)",
-                 "learning rate (changed at episode)"], rows, "lrrrrl")
+                 "learning rate (now)", "changed on a resume (at episode)"], rows, "lrrrrrl")
     for w, r in runs:
         out += [f"`{r.get('folder')}`: every maximum the curriculum held (it doubles once the mean bits "
-                f"error of the last {num(r.get('patience'), 0)} hard episodes is under "
-                f"{num(r.get('threshold'), 1)}):", ""]
+                f"error of the last {num(r.get('patience'), 0)} hard episodes is under the threshold):", ""]
         rows = [[num(m.get(k), 1 if k.endswith("hours") else 0)
                  for k in ("items", "steps", "reached_episode", "reached_hours", "episodes", "hard_episodes",
                            "hours")]
-                + [f"{num(m.get('hard_bits_error_last'), 2)} ({num(m.get('hard_last_count'), 0)})"]
+                + [f"{num(m.get('hard_bits_error_last'), 2)} ({num(m.get('hard_last_count'), 0)})",
+                   num(m.get("threshold"), 1)]
                 for m in src.at(r, ["maxima"], w) or [] if isinstance(m, dict)]
         out += table(["items", "steps", "from episode", "at hour", "episodes", "hard episodes", "hours",
-                      "last hard episodes: mean bits error (count)"], rows)
+                      "last hard episodes: mean bits error (count)", "threshold"], rows)
     out += ["Hard episodes: those at the top quarter of the levels [1, maximum], which alone decide a "
             "doubling since commit f81faf4 (2026-11-30). A maximum left with a mean over the threshold was "
             "left under the rule before it, the mean over every level drawn; a run saved before it (no "
