@@ -239,6 +239,31 @@ def test_a_rows_max_level_is_the_maximum_after_its_episode(tmp_path):
     assert rows[-1][2] == "3"
 
 
+def test_fig8_training_shows_the_threshold_each_maximum_was_judged_against(tmp_path, monkeypatch):
+    """A threshold changed on --resume is listed among the run's changes, and each maximum
+    carries the threshold in force at its last episode (the one that doubled it)."""
+    import os
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import fig8_training
+
+    out = tmp_path / "run"
+    args = ["--task", "recall", "--patience", "1", "--out", str(out), *TINY]
+    # every hard episode is good enough: 1 -> 2 -> 3 (the cap) in the first two episodes
+    assert main(["train", "--steps", "4", "--threshold", "100", *args]) == 0
+    assert main(["train", "--steps", "6", "--threshold", "50", "--resume", *args]) == 0
+    run, _, change_hours = fig8_training.summarise(str(out))
+    assert run["changes"] == [dict(episode=4, arg="threshold", value_from=100.0, value_to=50.0)]
+    assert [(m["items"], m["threshold"]) for m in run["maxima"]] == [(1, 100.0), (2, 100.0), (3, 50.0)]
+    assert len(change_hours) == 1
+    # threshold_at on its own: a change at episode E takes effect from E + 1
+    changes = [dict(episode=10, arg="threshold", value_from=1.0, value_to=2.0),
+               dict(episode=20, arg="lr", value_from=1e-3, value_to=1e-4),
+               dict(episode=30, arg="threshold", value_from=2.0, value_to=3.0)]
+    assert [fig8_training.threshold_at(changes, 3.0, e) for e in (10, 11, 30, 31)] == [1.0, 2.0, 2.0, 3.0]
+    assert fig8_training.threshold_at([], 7.0, 5) == 7.0
+
+
 def test_ctrl_c_during_a_checkpoint_write_lets_it_finish(tmp_path, monkeypatch, capsys):
     import os
 
