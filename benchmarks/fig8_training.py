@@ -36,6 +36,13 @@ from samcpu.train import load_checkpoint
 LEARNING_ARGS = ("lr", "clip", "threshold", "anneal", "anneal_floor")
 
 
+def learning_changes(ck):
+    """What each resume of checkpoint ``ck``'s run changed that bears on learning, in order (a
+    change at episode E takes effect from E + 1)."""
+    return [dict(episode=int(r["episode"]), arg=k, value_from=v[0], value_to=v[1])
+            for r in ck.get("resumes", []) for k, v in r.get("changed", {}).items() if k in LEARNING_ARGS]
+
+
 def threshold_at(changes, current, episode):
     """The curriculum threshold in force at ``episode``, given the resumes' ``changes`` (in order)
     and the ``current`` one (a resume at episode E takes effect from E + 1)."""
@@ -92,9 +99,7 @@ def summarise(folder):
         if len(hard) >= w:
             curve["hard_hours"] += [*hours[hard[w - 1:]], np.nan]
             curve["hard_mean"] += [*np.convolve(bits[hard], np.ones(w) / w, mode="valid"), np.nan]
-    # what each resume changed that bears on learning (from the episode after its own on)
-    changes = [dict(episode=int(r["episode"]), arg=k, value_from=v[0], value_to=v[1])
-               for r in ck.get("resumes", []) for k, v in r.get("changed", {}).items() if k in LEARNING_ARGS]
+    changes = learning_changes(ck)
     for x in maxima:  # the threshold its last episode was judged against
         x["threshold"] = threshold_at(changes, cur["threshold"], x["reached_episode"] + x["episodes"] - 1)
     run = dict(folder=os.path.relpath(folder, os.path.join(HERE, "..")), seed=args["seed"],
@@ -139,7 +144,7 @@ def plot(runs, curves, change_hours, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", default=[os.path.join(HERE, "..", "runs", "fig8", f"recall_long_{s}")
-                                                 for s in ("s0_lr1e-4", "s1", "s2_lr1e-4")])
+                                                 for s in ("s0_lr1e-4", "s1", "s2_lr1e-4", "s2_t2")])
     p.add_argument("--out", default=os.path.join(HERE, "results", "fig8_training.json"))
     args = p.parse_args()
     runs, curves, change_hours = [], [], []

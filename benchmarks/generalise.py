@@ -16,7 +16,8 @@ What is reported
   Per run and length: the bits error per sequence on the answer's 18 bits (chance: 9), its
   standard error over the sequences, the wall and CPU seconds of each batch (ms per step), the
   rows written and the index's state at the end, the curriculum's maximum the run had reached,
-  its episodes and training minutes. Written to --out (default
+  its episodes, its curriculum threshold and what its resumes changed
+  (learning rate, threshold, ...). Written to --out (default
   ``benchmarks/results/generalise.json``) after every length, so a run cut short keeps what it
   measured.
 """
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from common import HERE, machine_info, write_json
+from fig8_training import learning_changes
 
 from samcpu.nn import detach
 from samcpu.tasks import bits_error
@@ -101,7 +103,8 @@ def main():
             raise SystemExit(f"{folder}: a {a.task} run; generalisation is measured on recall runs")
         run = dict(folder=os.path.relpath(folder, os.path.join(HERE, "..")), seed=a.seed,
                    episodes=int(ck["episode"]), trained_max_items=int(ck["curriculum"]["current"]),
-                   trained_max_steps=4 * int(ck["curriculum"]["current"]) + 8, slots=a.slots, lengths=[])
+                   trained_max_steps=4 * int(ck["curriculum"]["current"]) + 8, slots=a.slots,
+                   threshold=float(ck["curriculum"]["threshold"]), changes=learning_changes(ck), lengths=[])
         out["runs"].append(run)
         for steps in args.steps:
             model, _, _ = build(a, task_of(a, seed=0), args.threads)  # a fresh memory per length

@@ -957,6 +957,11 @@ def generalise_section(src):
                 rows, "lrrrrrrrrr")
     out += ["Forward only, the memory's journal dropped after every chunk of steps; fresh episodes drawn "
             "with a seed no training run saw. Chance: half the answer's bits.", ""]
+    for _, r in src.rows("runs"):
+        if "threshold" in r or "changes" in r:
+            out += [f"`{r.get('folder')}` (seed {num(r.get('seed'), 0)}, {num(r.get('episodes'), 0)} "
+                    f"episodes): curriculum threshold {num(r.get('threshold'), 1)} bits; changed on a resume "
+                    f"(at episode): {_changes_cell(r)}.", ""]
     trained = [r.get("trained_max_steps") for _, r in src.rows("runs")]
     if trained and all(isinstance(t, int | float) and t < 10_000 for t in trained):
         longest = num(max(trained), 0)
