@@ -1473,6 +1473,25 @@ def head_follow(learning):
             + (_span(minutes) + " minutes of training on one core each" if minutes else ""))
 
 
+def head_generalise(src):
+    """The paper's Figure 8: the run trained on the longest episodes, forward on far longer ones."""
+    runs = [r for _, r in src.rows("runs")
+            if r.get("lengths") and isinstance(r.get("trained_max_steps"), int)]
+    if not runs:
+        raise ValueError("no run with lengths")
+    r = max(runs, key=lambda r: r["trained_max_steps"])
+    xs = r["lengths"]
+    ms = [sorted(x["ms_per_step"])[len(x["ms_per_step"]) // 2] for x in xs]
+    threshold = f", curriculum threshold {num(r['threshold'], 1)} bits" if "threshold" in r else ""
+    return (" / ".join(num(x["bits_error"], 2) for x in xs),
+            f"fresh episodes of {' / '.join(num(x['steps'], 0) for x in xs)} steps, "
+            f"{' / '.join(num(x['sequences'], 0) for x in xs)} sequences, chance {num(xs[0]['chance'], 0)}; "
+            f"SAM, N = {num(r.get('slots'), 0)}, trained on episodes of up to "
+            f"{num(r['trained_max_steps'], 0)} steps{threshold}; "
+            f"forward {' / '.join(num(m, 2) for m in ms)} ms per step"
+            + ("" if r["trained_max_steps"] >= 10_000 else "; interim: the paper trained on 10,000 steps"))
+
+
 # (first cell, JSON file, function of the Source giving (measured, conditions))
 HEADLINE = [
     ("SAM training step, ms", "step.json", head_step),
@@ -1483,6 +1502,8 @@ HEADLINE = [
     ("DAM / SAM, peak memory", "scaling/scaling.json", head_dam("peak_mib")),
     ("Copy task, SAM, bits error per sequence", "learning.json", head_copy),
     ("Link task, bits error per sequence", "learning_sdnc.json", head_follow),
+    ("Associative recall far beyond training (Figure 8), bits error per sequence", "generalise.json",
+     head_generalise),
 ]
 
 

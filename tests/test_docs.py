@@ -156,6 +156,17 @@ def test_headline_copy_equals_learning_json():
     assert all(r["eval_bits_error"] < 0.1 for r in runs) == ("solved" in conditions)
 
 
+def test_headline_generalise_equals_generalise_json():
+    measured, conditions = headline_cells()[
+        "Associative recall far beyond training (Figure 8), bits error per sequence"]
+    runs = [r for r in load("generalise.json")["runs"] if r["lengths"]]
+    run = max(runs, key=lambda r: r["trained_max_steps"])
+    assert_printed(measured, [x["bits_error"] for x in run["lengths"]])
+    assert f"up to {run['trained_max_steps']:,d} steps" in conditions
+    assert " / ".join(f"{x['steps']:,d}" for x in run["lengths"]) in conditions
+    assert ("interim" in conditions) == (run["trained_max_steps"] < 10_000)
+
+
 def test_old_dam_is_recognised_and_a_rewritten_json_is_not(tmp_path, monkeypatch):
     results = tmp_path / "results"
     shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
