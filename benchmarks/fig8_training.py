@@ -13,12 +13,14 @@ What is reported
   and hour it was reached, the episodes, hard episodes and hours spent there, and the mean bits
   error of the last ``patience`` hard episodes there (the curriculum's criterion: the maximum
   doubles once that mean is under the run's threshold; hard levels are those
-  :class:`samcpu.tasks.curriculum.Curriculum` counts). Written to --out (default
+  :class:`samcpu.tasks.curriculum.Curriculum` counts), the threshold in force then, and the
+  mean error of all its episodes in each quarter of the levels [1, maximum]. Written to --out (default
   ``benchmarks/results/fig8_training.json``), with a plot beside it (same name, ``.png``): the
   maximum episode length and the hard episodes' rolling error against training hours, learning
   rate changes marked.
 """
 import argparse
+import itertools
 import os
 import sys
 
@@ -52,6 +54,20 @@ def threshold_at(changes, current, episode):
         if c["episode"] < episode:
             value = c["value_to"]
     return value
+
+
+def by_quarter(levels, bits, top):
+    """The mean bits error of the episodes in each quarter of the levels [1, top] (lowest first;
+    None for a quarter without episodes); [] when ``top`` < 4."""
+    if top < 4:
+        return []
+    edges = np.linspace(0, top, 5).round().astype(int)  # quarter q: levels edges[q] + 1 .. edges[q + 1]
+    out = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = (levels > lo) & (levels <= hi)
+        out.append(dict(levels=[int(lo) + 1, int(hi)], episodes=int(sel.sum()),
+                        bits_error=float(bits[sel].mean()) if sel.any() else None))
+    return out
 
 
 def hard_from(curriculum, level):
@@ -95,7 +111,7 @@ def summarise(folder):
                            reached_hours=float(hours[at[0]]), episodes=len(at), hard_episodes=len(hard),
                            hours=float(hours[at[-1]] - hours[at[0]]),
                            hard_bits_error_last=float(last.mean()) if len(last) else None,
-                           hard_last_count=len(last)))
+                           hard_last_count=len(last), by_quarter=by_quarter(level[at], bits[at], value)))
         if len(hard) >= w:
             curve["hard_hours"] += [*hours[hard[w - 1:]], np.nan]
             curve["hard_mean"] += [*np.convolve(bits[hard], np.ones(w) / w, mode="valid"), np.nan]

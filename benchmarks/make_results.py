@@ -925,10 +925,13 @@ def fig8_training_section(src):
                  for k in ("items", "steps", "reached_episode", "reached_hours", "episodes", "hard_episodes",
                            "hours")]
                 + [f"{num(m.get('hard_bits_error_last'), 2)} ({num(m.get('hard_last_count'), 0)})",
-                   num(m.get("threshold"), 1)]
+                   num(m.get("threshold"), 1),
+                   " / ".join(num(q.get("bits_error"), 2) for q in m.get("by_quarter") or []
+                              if isinstance(q, dict)) or "n/a"]
                 for m in src.at(r, ["maxima"], w) or [] if isinstance(m, dict)]
         out += table(["items", "steps", "from episode", "at hour", "episodes", "hard episodes", "hours",
-                      "last hard episodes: mean bits error (count)", "threshold"], rows)
+                      "last hard episodes: mean bits error (count)", "threshold",
+                      "all episodes there, by quarter of the levels: mean bits error"], rows)
     out += ["Hard episodes: those at the top quarter of the levels [1, maximum], which alone decide a "
             "doubling since commit f81faf4 (2026-11-30). A maximum left with a mean over the threshold was "
             "left under the rule before it, the mean over every level drawn; a run saved before it (no "

@@ -264,6 +264,23 @@ def test_fig8_training_shows_the_threshold_each_maximum_was_judged_against(tmp_p
     assert fig8_training.threshold_at([], 7.0, 5) == 7.0
 
 
+def test_fig8_training_by_quarter_of_the_levels(monkeypatch):
+    import os
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import fig8_training
+
+    levels = np.array([1, 2, 2, 5, 6, 8, 8, 1])
+    bits = np.array([1.0, 3.0, 5.0, 2.0, 4.0, 6.0, 8.0, 3.0])
+    quarters = fig8_training.by_quarter(levels, bits, 8)
+    assert [q["levels"] for q in quarters] == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    assert [q["episodes"] for q in quarters] == [4, 0, 2, 2]
+    assert [q["bits_error"] for q in quarters] == [3.0, None, 3.0, 7.0]
+    six = fig8_training.by_quarter(levels, bits, 6)
+    assert [q["levels"] for q in six] == [[1, 2], [3, 3], [4, 4], [5, 6]]
+    assert fig8_training.by_quarter(levels, bits, 3) == []
+
+
 def test_ctrl_c_during_a_checkpoint_write_lets_it_finish(tmp_path, monkeypatch, capsys):
     import os
 
