@@ -16,8 +16,8 @@ What is reported
   :class:`samcpu.tasks.curriculum.Curriculum` counts), the threshold in force then, and the
   mean error of all its episodes in each quarter of the levels [1, maximum]. Written to --out (default
   ``benchmarks/results/fig8_training.json``), with a plot beside it (same name, ``.png``): the
-  maximum episode length and the hard episodes' rolling error against training hours, learning
-  rate changes marked.
+  maximum episode length and the hard episodes' rolling error against training hours, the
+  changes made on a resume (learning rate, threshold, ...) marked.
 """
 import argparse
 import itertools
@@ -145,7 +145,7 @@ def plot(runs, curves, change_hours, path):
     top.axhline(10_000, color="grey", linewidth=0.8, label="10,000 steps (the paper's Figure 8)")
     top.set_yscale("log")
     top.set_ylabel("longest episode in the curriculum (steps)")
-    top.set_title("SAM, N = 1,000,000, associative recall, full BPTT (dotted: lr or threshold changed)")
+    top.set_title("SAM, N = 1,000,000, associative recall, full BPTT (dotted: changed on a resume)")
     top.legend(fontsize=8)
     for t in sorted({x["threshold"] for r in runs for x in r["maxima"]}):
         bottom.axhline(t, color="grey", linewidth=0.8, label=f"threshold {t:g}")
