@@ -90,8 +90,8 @@ def main():
     args = p.parse_args()
     if args.chunk < 1:
         p.error("--chunk must be at least 1 step")
-    if min(args.steps) < 16:
-        p.error("--steps must be at least 16 (recall episodes of 2 items or more)")
+    if items_for(min(args.steps)) < 3:  # the recall task's fewest items (its min_items)
+        p.error("--steps must be at least 20 (recall episodes of 3 items or more)")
     torch.set_num_threads(1)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     out = dict(machine=machine_info(args.threads), command="python benchmarks/generalise.py " + " ".join(
