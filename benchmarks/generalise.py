@@ -88,8 +88,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=os.path.join(HERE, "results", "generalise.json"))
     args = p.parse_args()
-    if args.chunk < 1:
-        p.error("--chunk must be at least 1 step")
+    for name in ("chunk", "batches", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if items_for(min(args.steps)) < 3:  # the recall task's fewest items (its min_items)
         p.error("--steps must be at least 20 (recall episodes of 3 items or more)")
     torch.set_num_threads(1)
