@@ -54,3 +54,15 @@ def write_json(path, data):
     """Write ``data`` as indented JSON (all or nothing), creating the folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+#: the arguments a ``samcpu train`` resume may change that bear on what is learned (not threads,
+#: steps, ...); max_level: the curriculum's cap, which a resume may raise
+LEARNING_ARGS = ("lr", "clip", "threshold", "anneal", "anneal_floor", "max_level")
+
+
+def learning_changes(ck):
+    """What each resume of checkpoint ``ck``'s run changed that bears on learning, in order (a
+    change at episode E takes effect from E + 1), as dicts of episode, arg, value_from, value_to."""
+    return [dict(episode=int(r["episode"]), arg=k, value_from=v[0], value_to=v[1])
+            for r in ck.get("resumes", []) for k, v in r.get("changed", {}).items() if k in LEARNING_ARGS]

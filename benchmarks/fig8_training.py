@@ -26,23 +26,12 @@ import sys
 
 import numpy as np
 
-from common import HERE, machine_info, write_json
+from common import HERE, learning_changes, machine_info, write_json
 from learning import read_metrics
 from recall_long import steps_of
 
 from samcpu.tasks.curriculum import Curriculum
 from samcpu.train import load_checkpoint
-
-
-#: the arguments a resume may change that bear on what is learned (not threads, steps, ...)
-LEARNING_ARGS = ("lr", "clip", "threshold", "anneal", "anneal_floor")
-
-
-def learning_changes(ck):
-    """What each resume of checkpoint ``ck``'s run changed that bears on learning, in order (a
-    change at episode E takes effect from E + 1)."""
-    return [dict(episode=int(r["episode"]), arg=k, value_from=v[0], value_to=v[1])
-            for r in ck.get("resumes", []) for k, v in r.get("changed", {}).items() if k in LEARNING_ARGS]
 
 
 def threshold_at(changes, current, episode):
@@ -101,11 +90,12 @@ def summarise(folder):
     # per maximum held; the curve's window is the criterion's: the mean of the last `patience` hard
     # episodes under one maximum (the history is cleared at a doubling), NaN between maxima so
     # that the line breaks there
-    maxima, w = [], cur["patience"]
+    maxima, ends, w = [], [], cur["patience"]
     curve = dict(hours=hours, steps=[steps_of(int(v)) for v in top], hard_hours=[], hard_mean=[])
     for value in dict.fromkeys(top.tolist()):  # in the order the curriculum reached them
         at = np.flatnonzero(top == value)
         hard = at[level[at] >= hard_from(cur, value)]
+        ends.append(int(episode[at[-1]]))
         last = bits[hard[-w:]]
         maxima.append(dict(items=value, steps=steps_of(value), reached_episode=int(episode[at[0]]),
                            reached_hours=float(hours[at[0]]), episodes=len(at), hard_episodes=len(hard),
@@ -116,14 +106,16 @@ def summarise(folder):
             curve["hard_hours"] += [*hours[hard[w - 1:]], np.nan]
             curve["hard_mean"] += [*np.convolve(bits[hard], np.ones(w) / w, mode="valid"), np.nan]
     changes = learning_changes(ck)
-    for x in maxima:  # the threshold its last episode was judged against
-        x["threshold"] = threshold_at(changes, cur["threshold"], x["reached_episode"] + x["episodes"] - 1)
+    for x, last_episode in zip(maxima, ends, strict=True):  # the threshold its last episode was judged by
+        x["threshold"] = threshold_at(changes, cur["threshold"], last_episode)
+    maxima[-1]["threshold"] = cur["threshold"]  # the maximum held: the one it is judged against now
     run = dict(folder=os.path.relpath(folder, os.path.join(HERE, "..")), seed=args["seed"],
                slots=args["slots"], batch=args["batch"], episodes=int(ck["episode"]), hours=float(hours[-1]),
                max_items=int(cur["current"]), max_steps=steps_of(int(cur["current"])),
                cap_items=int(cur["max_level"]), threshold=cur["threshold"], patience=cur["patience"],
                lr=args["lr"], changes=changes, maxima=maxima)
-    change_hours = [float(hours[np.searchsorted(episode, c["episode"], side="right") - 1]) for c in changes]
+    change_hours = [float(hours[max(0, np.searchsorted(episode, c["episode"], side="right") - 1)])
+                    for c in changes]
     return run, curve, change_hours
 
 

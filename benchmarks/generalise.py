@@ -31,8 +31,8 @@ import numba
 import numpy as np
 import torch
 
-from common import HERE, machine_info, write_json
-from fig8_training import learning_changes
+from common import HERE, learning_changes, machine_info, write_json
+from recall_long import steps_of
 
 from samcpu.nn import detach
 from samcpu.tasks import bits_error
@@ -92,7 +92,7 @@ def main():
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if items_for(min(args.steps)) < 3:  # the recall task's fewest items (its min_items)
-        p.error("--steps must be at least 20 (recall episodes of 3 items or more)")
+        p.error(f"--steps must be at least 20 (recall episodes of 3 items or more), got {min(args.steps)}")
     torch.set_num_threads(1)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     out = dict(machine=machine_info(args.threads), command="python benchmarks/generalise.py " + " ".join(
@@ -104,7 +104,7 @@ def main():
             raise SystemExit(f"{folder}: a {a.task} run; generalisation is measured on recall runs")
         run = dict(folder=os.path.relpath(folder, os.path.join(HERE, "..")), seed=a.seed,
                    episodes=int(ck["episode"]), trained_max_items=int(ck["curriculum"]["current"]),
-                   trained_max_steps=4 * int(ck["curriculum"]["current"]) + 8, slots=a.slots,
+                   trained_max_steps=steps_of(int(ck["curriculum"]["current"])), slots=a.slots,
                    threshold=float(ck["curriculum"]["threshold"]), changes=learning_changes(ck), lengths=[])
         out["runs"].append(run)
         for steps in args.steps:

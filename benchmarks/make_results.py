@@ -917,7 +917,7 @@ def fig8_training_section(src):
              f"{num(src.at(r, ['max_items'], w), 0)} / {num(src.at(r, ['max_steps'], w), 0)}",
              scalar(r.get("lr")), _changes_cell(r)] for w, r in runs]
     out = table(["run", "seed", "episodes", "training hours", "curriculum maximum (items / steps)",
-                 "learning rate (now)", "changed on a resume (at episode)"], rows, "lrrrrrl")
+                 "--lr (now; before annealing)", "changed on a resume (at episode)"], rows, "lrrrrrl")
     for w, r in runs:
         out += [f"`{r.get('folder')}`: every maximum the curriculum held (it doubles once the mean bits "
                 f"error of the last {num(r.get('patience'), 0)} hard episodes is under the threshold):", ""]
@@ -933,10 +933,11 @@ def fig8_training_section(src):
                       "last hard episodes: mean bits error (count)", "threshold",
                       "all episodes there, by quarter of the levels: mean bits error"], rows)
     out += ["Hard episodes: those at the top quarter of the levels [1, maximum], which alone decide a "
-            "doubling since commit f81faf4 (2026-11-30). A maximum left with a mean over the threshold was "
-            "left under the rule before it, the mean over every level drawn; a run saved before it (no "
-            "`hard_fraction` in its checkpoint) counts every episode as hard. The last row of a run is the "
-            "maximum it holds now. Hours: the CSV's training seconds, one core.", ""]
+            "doubling since commit f81faf4 (2026-11-30). A maximum left with a mean over its threshold "
+            "(column) was left under the rule before it, the mean over every level drawn; a run saved "
+            "before it (no `hard_fraction` in its checkpoint) counts every episode as hard. The last row of "
+            "a run is the maximum it holds now, its threshold the one in force now. Hours: the CSV's "
+            "training seconds, one core.", ""]
     png = os.path.splitext(src.path)[0] + ".png"
     if os.path.exists(png):
         out += [f"![fig8_training](../benchmarks/results/{os.path.basename(png)})", ""]
@@ -1479,7 +1480,7 @@ def head_follow(learning):
 def head_generalise(src):
     """The paper's Figure 8: the run trained on the longest episodes, forward on far longer ones."""
     runs = [r for _, r in src.rows("runs")
-            if r.get("lengths") and isinstance(r.get("trained_max_steps"), int)]
+            if r.get("lengths") and isinstance(r.get("trained_max_steps"), int | float)]
     if not runs:
         raise ValueError("no run with lengths")
     r = max(runs, key=lambda r: r["trained_max_steps"])
@@ -1489,9 +1490,9 @@ def head_generalise(src):
     return (" / ".join(num(x["bits_error"], 2) for x in xs),
             f"fresh episodes of {' / '.join(num(x['steps'], 0) for x in xs)} steps, "
             f"{' / '.join(num(x['sequences'], 0) for x in xs)} sequences, chance {num(xs[0]['chance'], 0)}; "
-            f"SAM, N = {num(r.get('slots'), 0)}, trained on episodes of up to "
+            f"SAM, N = {num(r.get('slots'), 0)}, seed {num(r.get('seed'), 0)}, trained on episodes of up to "
             f"{num(r['trained_max_steps'], 0)} steps{threshold}; "
-            f"forward {' / '.join(num(m, 2) for m in ms)} ms per step"
+            f"forward, ms per step (median of the batches): {' / '.join(num(m, 2) for m in ms)}"
             + ("" if r["trained_max_steps"] >= 10_000 else "; interim: the paper trained on 10,000 steps"))
 
 

@@ -274,7 +274,8 @@ def mutations(data, path=()):
 
 @pytest.mark.parametrize("rel", ["step.json", "memory.json", "scaling/scaling.json", "kernels.json",
                                  "index.json", "learning.json", "recall_long.json", "long_episode.json",
-                                 "fig8_training.json", "soak.json", "synthetic_tasks.json"])
+                                 "fig8_training.json", "generalise.json", "soak.json",
+                                 "synthetic_tasks.json"])
 def test_generator_survives_json_lacking_fields(tmp_path, rel):
     shutil.copytree(RESULTS, tmp_path / "results", ignore=shutil.ignore_patterns("*.pt", "*.gz", "*.png"))
     path = tmp_path / "results" / rel

@@ -239,14 +239,20 @@ def test_a_rows_max_level_is_the_maximum_after_its_episode(tmp_path):
     assert rows[-1][2] == "3"
 
 
-def test_fig8_training_shows_the_threshold_each_maximum_was_judged_against(tmp_path, monkeypatch):
-    """A threshold changed on --resume is listed among the run's changes, and each maximum
-    carries the threshold in force at its last episode (the one that doubled it)."""
+@pytest.fixture
+def fig8_training(monkeypatch):
+    """benchmarks/fig8_training.py as a module."""
     import os
 
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
     import fig8_training
 
+    return fig8_training
+
+
+def test_fig8_training_shows_the_threshold_each_maximum_was_judged_against(tmp_path, fig8_training):
+    """A threshold changed on --resume is listed among the run's changes, and each maximum
+    carries the threshold in force at its last episode (the one that doubled it)."""
     out = tmp_path / "run"
     args = ["--task", "recall", "--patience", "1", "--out", str(out), *TINY]
     # every hard episode is good enough: 1 -> 2 -> 3 (the cap) in the first two episodes
@@ -264,12 +270,7 @@ def test_fig8_training_shows_the_threshold_each_maximum_was_judged_against(tmp_p
     assert fig8_training.threshold_at([], 7.0, 5) == 7.0
 
 
-def test_fig8_training_by_quarter_of_the_levels(monkeypatch):
-    import os
-
-    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-    import fig8_training
-
+def test_fig8_training_by_quarter_of_the_levels(fig8_training):
     levels = np.array([1, 2, 2, 5, 6, 8, 8, 1])
     bits = np.array([1.0, 3.0, 5.0, 2.0, 4.0, 6.0, 8.0, 3.0])
     quarters = fig8_training.by_quarter(levels, bits, 8)
