@@ -152,7 +152,7 @@ def plot(runs, curves, change_hours, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", default=[os.path.join(HERE, "..", "runs", "fig8", f"recall_long_{s}")
-                                                 for s in ("s0_lr1e-4", "s1", "s2_lr1e-4", "s2_t2")])
+                                                 for s in ("s0_lr1e-4", "s0_t3", "s1", "s2_lr1e-4", "s2_t2")])
     p.add_argument("--out", default=os.path.join(HERE, "results", "fig8_training.json"))
     args = p.parse_args()
     runs, curves, change_hours = [], [], []

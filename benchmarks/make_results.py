@@ -1487,6 +1487,10 @@ def head_generalise(src):
     xs = r["lengths"]
     ms = [sorted(x["ms_per_step"])[len(x["ms_per_step"]) // 2] for x in xs]
     threshold = f", curriculum threshold {num(r['threshold'], 1)} bits" if "threshold" in r else ""
+    moved = [c for c in r.get("changes") or [] if isinstance(c, dict) and c.get("arg") == "threshold"]
+    if threshold and moved:
+        threshold += (f" (set on a resume at episode {num(moved[-1].get('episode'), 0)}; it was "
+                      f"{num(moved[0].get('value_from'), 1)} before)")
     return (" / ".join(num(x["bits_error"], 2) for x in xs),
             f"fresh episodes of {' / '.join(num(x['steps'], 0) for x in xs)} steps, "
             f"{' / '.join(num(x['sequences'], 0) for x in xs)} sequences, chance {num(xs[0]['chance'], 0)}; "

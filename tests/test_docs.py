@@ -165,6 +165,10 @@ def test_headline_generalise_equals_generalise_json():
     assert f"up to {run['trained_max_steps']:,d} steps" in conditions
     assert " / ".join(f"{x['steps']:,d}" for x in run["lengths"]) in conditions
     assert ("interim" in conditions) == (run["trained_max_steps"] < 10_000)
+    if "threshold" in run:
+        assert f"curriculum threshold {run['threshold']:.1f} bits" in conditions
+        moved = [c for c in run["changes"] if c["arg"] == "threshold"]
+        assert bool(moved) == ("set on a resume" in conditions)
 
 
 def test_old_dam_is_recognised_and_a_rewritten_json_is_not(tmp_path, monkeypatch):
