@@ -14,10 +14,11 @@ What is run
   slots (1M), the index with its defaults, --threads numba and index threads, one torch thread.
 What is reported
   Per run and length: the bits error per sequence on the answer's 18 bits (chance: 9), its
-  standard error over the sequences, the wall and CPU seconds of each batch (ms per step), the
-  rows written and the index's state at the end, the curriculum's maximum the run had reached,
-  its episodes, its curriculum threshold and what its resumes changed
-  (learning rate, threshold, ...). Written to --out (default
+  standard error over the sequences and each sequence's error (the same seed draws the same
+  sequences, so two checkpoints can be compared sequence by sequence), the wall and CPU
+  seconds of each batch (ms per step), the rows written and the index's state at the end, the
+  curriculum's maximum the run had reached, its episodes, its curriculum threshold and what its
+  resumes changed (learning rate, threshold, ...). Written to --out (default
   ``benchmarks/results/generalise.json``) after every length, so a run cut short keeps what it
   measured.
 """
@@ -71,7 +72,7 @@ def run_length(model, args, items, seed, batches, chunk):
     memory = model.access.memory
     se = float(np.std(errors, ddof=1) / math.sqrt(len(errors))) if len(errors) > 1 else 0.0
     return dict(items=items, steps=int(steps), sequences=len(errors), bits_error=float(np.mean(errors)),
-                bits_error_se=se,
+                bits_error_se=se, per_sequence=[float(e) for e in errors],  # to pair checkpoints
                 chance=chance,
                 wall_s=walls, cpu_s=cpus, ms_per_step=[1e3 * w / steps for w in walls],
                 rows_written=int(sum(len(memory.written_rows(b)) for b in range(args.batch))),
